@@ -1,0 +1,163 @@
+"""MNIST and Fashion-MNIST, read from their original IDX files with nothing but numpy.
+
+Files are looked for, and downloaded to, ``<root>/<dataset>/``, where root is the ``root`` argument,
+else the ``DDPM_DATA_DIR`` environment variable, else ``~/.cache/ddpm_lib``. Mirrors re-compress the
+files, so we check the SHA-256 of the *decompressed* bytes: a file that fails the check is never used.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DatasetError(RuntimeError):
+    """A dataset file is missing, cannot be downloaded, or is corrupt."""
+
+
+# SHA-256 of each decompressed file, as published for the original releases.
+_DATASETS = {
+    "mnist": {
+        "urls": ["https://yann.lecun.com/exdb/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/"],
+        "sha256": {
+            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+    },
+    "fashion-mnist": {
+        "urls": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                 "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"],
+        "sha256": {
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+    },
+}
+_SPLITS = {"train": "train", "test": "t10k"}
+
+
+def data_root(root=None) -> Path:
+    """The cache folder: ``root``, else ``$DDPM_DATA_DIR``, else ``~/.cache/ddpm_lib``."""
+    if root is not None:
+        return Path(root).expanduser()
+    if os.environ.get("DDPM_DATA_DIR"):
+        return Path(os.environ["DDPM_DATA_DIR"]).expanduser()
+    return Path.home() / ".cache" / "ddpm_lib"
+
+
+def read_idx(payload: bytes, source: str = "IDX data") -> np.ndarray:
+    """Parse an (uncompressed) IDX file of unsigned bytes: a 4-byte magic, the dims, then the data."""
+    if len(payload) < 4 or payload[:2] != b"\x00\x00" or payload[2] != 0x08:
+        raise DatasetError(f"{source} is not an IDX file of unsigned bytes (bad magic number)")
+    ndim = payload[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(payload[4:header], dtype=">u4"))
+    if len(shape) != ndim or len(payload) != header + int(np.prod(shape)):
+        raise DatasetError(f"{source}: the header announces shape {shape} but the file holds "
+                           f"{len(payload) - header} bytes of data")
+    return np.frombuffer(payload, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _verified_payload(raw: bytes, gzipped: bool, sha256: str, source: str) -> bytes:
+    """Decompress ``raw`` if needed and check its SHA-256; raise rather than return bad bytes."""
+    if gzipped:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DatasetError(f"{source} is corrupt: not a complete gzip file ({err})") from err
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != sha256:
+        raise DatasetError(f"{source} is corrupt: its decompressed SHA-256 is {digest}, expected {sha256}")
+    return raw
+
+
+def _download(name: str, folder: Path, urls: list[str], sha256: str) -> bytes:
+    """Fetch ``name.gz`` from the first host that serves the right bytes; cache it; return the payload."""
+    failures = []
+    for base in urls:
+        url = f"{base}{name}.gz"
+        try:
+            request = urllib.request.Request(url, headers={"User-Agent": "ddpm_lib"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+            payload = _verified_payload(raw, True, sha256, url)  # a bad download is never cached
+        except (OSError, DatasetError) as err:
+            failures.append(f"{url}: {err}")
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+        with os.fdopen(fd, "wb") as out:
+            out.write(raw)
+        os.replace(tmp, folder / f"{name}.gz")  # atomic: a crash never leaves half a file behind
+        return payload
+    raise DatasetError(f"{name}.gz is not in {folder} and could not be downloaded:\n  " + "\n  ".join(failures) +
+                       "\nIf this machine is offline, copy the file there or point DDPM_DATA_DIR at a folder "
+                       f"whose {folder.name}/ subfolder holds it.")
+
+
+def _load_file(dataset: str, name: str, root, download: bool) -> np.ndarray:
+    spec = _DATASETS[dataset]
+    folder = data_root(root) / dataset
+    sha256 = spec["sha256"][name]
+    for candidate, gzipped in ((folder / f"{name}.gz", True), (folder / name, False)):
+        if candidate.exists():
+            try:
+                payload = _verified_payload(candidate.read_bytes(), gzipped, sha256, str(candidate))
+            except DatasetError as err:
+                raise DatasetError(f"{err}. Delete the file and load again to download a fresh copy.") from None
+            return read_idx(payload, str(candidate))
+    if not download:
+        raise DatasetError(f"{name}.gz is not in {folder} and download=False")
+    return read_idx(_download(name, folder, spec["urls"], sha256), f"{name}.gz")
+
+
+def _load(dataset: str, split: str, root, download: bool):
+    if split not in _SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    prefix = _SPLITS[split]
+    images = _load_file(dataset, f"{prefix}-images-idx3-ubyte", root, download)
+    labels = _load_file(dataset, f"{prefix}-labels-idx1-ubyte", root, download)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DatasetError(f"{dataset} {split}: images {images.shape} do not match labels {labels.shape}")
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_mnist(split: str = "train", root=None, download: bool = True):
+    """MNIST digits (LeCun et al. 1998): ``(images uint8 [N, 28, 28], labels int64 [N])``.
+
+    ``split="train"`` has 60,000 images, ``split="test"`` 10,000.
+    """
+    return _load("mnist", split, root, download)
+
+
+def load_fashion_mnist(split: str = "train", root=None, download: bool = True):
+    """Fashion-MNIST (Xiao et al. 2017), a drop-in for MNIST with clothing: same shapes and splits."""
+    return _load("fashion-mnist", split, root, download)
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255], ``[N, H, W]`` or ``[N, C, H, W]`` -> float32 ``[N, C, H, W]`` in [-1, 1]."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images in [0, 255], got dtype {images.dtype}")
+    if images.ndim == 3:
+        images = images[:, None]  # [N, H, W] -> [N, 1, H, W]
+    if images.ndim != 4:
+        raise ValueError(f"expected images [N, H, W] or [N, C, H, W], got shape {list(images.shape)}")
+    return images.to(torch.float32) / 127.5 - 1.0
+
+
+def from_model_range(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`to_model_range`: clamp to [-1, 1] and map to uint8 [0, 255]."""
+    return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)

@@ -1,0 +1,93 @@
+"""The forward process q(x_t | x_0), its posterior q(x_{t-1} | x_t, x_0), and the training loss.
+
+Functions take the schedule and tensors; they read device and dtype from the tensors, so the same
+code runs on a CPU, a GPU, in float32 or float64. Timesteps ``t`` are long tensors of shape [B]
+holding indices 0..T-1 (index t is diffusion step t + 1, see ``schedule.py``). A Python int is also
+accepted and used for the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .schedule import NoiseSchedule
+
+
+def timesteps_like(t, x: torch.Tensor, T: int) -> torch.Tensor:
+    """Check ``t`` against the batch ``x`` and return it as a long tensor [B] on ``x.device``."""
+    B = x.shape[0]
+    if isinstance(t, int) or (isinstance(t, torch.Tensor) and t.ndim == 0):
+        t = torch.full((B,), int(t), dtype=torch.long)
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be an int or a tensor of timestep indices, got {type(t).__name__}")
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"t must hold integer timestep indices, got dtype {t.dtype}")
+    if t.shape != (B,):
+        raise ValueError(f"t must have shape [B] = [{B}] to match x, got {list(t.shape)}")
+    # The range check reads values, which on a GPU would stall the host every call; there an
+    # out-of-range index still fails, through CUDA's own device-side assert.
+    if t.device.type == "cpu" and B and (int(t.min()) < 0 or int(t.max()) >= T):
+        raise ValueError(f"timestep indices must lie in [0, {T - 1}], got [{int(t.min())}, {int(t.max())}]")
+    return t.to(device=x.device, dtype=torch.long)
+
+
+def extract(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Pick ``values[t]`` per batch element and shape it [B, 1, 1, ...] to broadcast against ``x``."""
+    out = values.to(x.device)[t].to(x.dtype)  # [B]
+    return out.view(x.shape[0], *([1] * (x.ndim - 1)))  # [B, 1, 1, 1] for images
+
+
+def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor | None = None):
+    """Draw x_t ~ q(x_t | x_0) in one step; returns ``(x_t, noise)``.
+
+    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, eps ~ N(0, I)  (Ho et al. 2020, eq. 4)
+    """
+    t = timesteps_like(t, x0, schedule.T)
+    if noise is None:
+        noise = torch.randn_like(x0)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise has shape {list(noise.shape)}, x0 has {list(x0.shape)}")
+    x_t = extract(schedule.sqrt_alpha_bars, t, x0) * x0 + extract(schedule.sqrt_one_minus_alpha_bars, t, x0) * noise
+    return x_t, noise
+
+
+def predict_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+    """Invert eq. 4 for x_0 given a noise estimate: x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t).
+
+    (Ho et al. 2020, eq. 15.) With the true noise this returns x_0 exactly; with a network's estimate
+    it is the network's current guess of the clean image.
+    """
+    t = timesteps_like(t, x_t, schedule.T)
+    return (x_t - extract(schedule.sqrt_one_minus_alpha_bars, t, x_t) * eps) / extract(schedule.sqrt_alpha_bars, t, x_t)
+
+
+def q_posterior(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t):
+    """Mean and variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eqs. 6-7).
+
+    mean = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0 + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
+    variance = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t, shaped [B, 1, 1, 1].
+    At index t = 0 the variance is exactly 0 and the mean is x_0.
+    """
+    if x0.shape != x_t.shape:
+        raise ValueError(f"x0 has shape {list(x0.shape)} but x_t has {list(x_t.shape)}")
+    t = timesteps_like(t, x_t, schedule.T)
+    mean = extract(schedule.posterior_mean_coef1, t, x_t) * x0 + extract(schedule.posterior_mean_coef2, t, x_t) * x_t
+    return mean, extract(schedule.posterior_variance, t, x_t)
+
+
+def ddpm_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, *, generator: torch.Generator | None = None):
+    """The simplified DDPM objective, L_simple (Ho et al. 2020, eq. 14; Algorithm 1).
+
+    Draw t uniformly and eps ~ N(0, I), form x_t with eq. 4 and regress the model's eps_hat onto eps
+    with a mean squared error. ``generator`` (on ``x0.device``) makes the draws reproducible.
+    """
+    B = x0.shape[0]
+    t = torch.randint(0, schedule.T, (B,), device=x0.device, generator=generator)
+    eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    x_t, _ = q_sample(schedule, x0, t, eps)
+    eps_hat = model(x_t, t)
+    if eps_hat.shape != eps.shape:
+        raise ValueError(f"the model returned shape {list(eps_hat.shape)} for input {list(x_t.shape)}; "
+                         "an eps-prediction model must return its input's shape")
+    return F.mse_loss(eps_hat.float(), eps.float())

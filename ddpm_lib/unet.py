@@ -1,0 +1,104 @@
+"""The noise-prediction network: a U-Net (Ronneberger et al. 2015) built from ConvNeXt blocks.
+
+"Dual residual": every block has its own residual path, and the U-Net adds long skip connections
+that carry each encoder activation across to the decoder stage of the same resolution.
+
+With ``dims = [base, base*m_1, ..., base*m_L]`` the encoder has L levels; level k runs two blocks at
+``dims[k]`` channels (storing both outputs as skips) and then changes to ``dims[k+1]`` channels,
+halving H and W on every level but the last. The decoder mirrors it: each of its blocks takes the
+running activation (``dims[k+1]`` channels) concatenated with a stored skip (``dims[k]`` channels),
+so it sees ``dims[k+1] + dims[k]`` input channels. H and W must therefore be divisible by
+``2 ** (L - 1)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import ConvNeXtBlock, Downsample, Upsample
+from .embedding import SinusoidalEmbedding
+
+
+class UNet(nn.Module):
+    """``UNet(in_channels, base_dim, dim_mults)(x [B, C, H, W], t long [B]) -> eps_hat [B, C, H, W]``."""
+
+    def __init__(self, in_channels: int = 1, base_dim: int = 32, dim_mults=(1, 2, 4)):
+        super().__init__()
+        dim_mults = tuple(dim_mults)
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+        if not isinstance(base_dim, int) or base_dim < 2 or base_dim % 2:
+            raise ValueError(f"base_dim must be an even integer >= 2 (it sizes the time embedding), got {base_dim!r}")
+        if not dim_mults or not all(isinstance(m, int) and m >= 1 for m in dim_mults):
+            raise ValueError(f"dim_mults must be a non-empty sequence of positive integers, got {dim_mults!r}")
+        # Plain constructor arguments, kept so a checkpoint can rebuild the same network.
+        self.config = {"in_channels": in_channels, "base_dim": base_dim, "dim_mults": dim_mults}
+        self.in_channels = in_channels
+        self.divisor = 2 ** (len(dim_mults) - 1)  # total downsampling factor
+
+        dims = [base_dim] + [base_dim * m for m in dim_mults]
+        levels = list(zip(dims[:-1], dims[1:]))  # (channels in, channels out) per level
+        time_dim = 4 * base_dim
+        self.time_mlp = nn.Sequential(
+            SinusoidalEmbedding(base_dim),
+            nn.Linear(base_dim, time_dim),
+            nn.GELU(),
+            nn.Linear(time_dim, time_dim),
+        )
+        self.stem = nn.Conv2d(in_channels, base_dim, kernel_size=7, padding=3)
+
+        self.down = nn.ModuleList()
+        for k, (c_in, c_out) in enumerate(levels):
+            last = k == len(levels) - 1
+            self.down.append(nn.ModuleList([
+                ConvNeXtBlock(c_in, c_in, time_dim),
+                ConvNeXtBlock(c_in, c_in, time_dim),
+                nn.Conv2d(c_in, c_out, kernel_size=3, padding=1) if last else Downsample(c_in, c_out),
+            ]))
+
+        mid = dims[-1]
+        self.mid = nn.ModuleList([ConvNeXtBlock(mid, mid, time_dim), ConvNeXtBlock(mid, mid, time_dim)])
+
+        self.up = nn.ModuleList()
+        for k, (c_in, c_out) in enumerate(reversed(levels)):
+            last = k == len(levels) - 1
+            self.up.append(nn.ModuleList([
+                ConvNeXtBlock(c_out + c_in, c_out, time_dim),  # running activation + skip from the encoder
+                ConvNeXtBlock(c_out + c_in, c_out, time_dim),
+                nn.Conv2d(c_out, c_in, kernel_size=3, padding=1) if last else Upsample(c_out, c_in),
+            ]))
+
+        self.out_block = ConvNeXtBlock(2 * base_dim, base_dim, time_dim)  # + the stem's output
+        self.out_conv = nn.Conv2d(base_dim, in_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"UNet expects images [B, C, H, W], got shape {list(x.shape)}")
+        B, C, H, W = x.shape
+        if C != self.in_channels:
+            raise ValueError(f"this UNet was built for {self.in_channels} channel(s), got {C}")
+        if H % self.divisor or W % self.divisor:
+            raise ValueError(
+                f"image size {H}x{W} is not divisible by {self.divisor} = 2**(len(dim_mults) - 1) for "
+                f"dim_mults={self.config['dim_mults']}; pad the images or use fewer levels")
+        if t.shape != (B,):
+            raise ValueError(f"t must have shape [B] = [{B}], got {list(t.shape)}")
+
+        emb = self.time_mlp(t)  # [B, 4 * base]
+        h = self.stem(x)  # [B, base, H, W]
+        skips = [h]
+        for block1, block2, resample in self.down:
+            h = block1(h, emb)
+            skips.append(h)
+            h = block2(h, emb)
+            skips.append(h)
+            h = resample(h)  # [B, dims[k+1], H/2, W/2] (same size on the last level)
+        for block in self.mid:
+            h = block(h, emb)
+        for block1, block2, resample in self.up:
+            h = block1(torch.cat([h, skips.pop()], dim=1), emb)  # [B, c_out + c_in, ...] -> [B, c_out, ...]
+            h = block2(torch.cat([h, skips.pop()], dim=1), emb)
+            h = resample(h)  # [B, c_in, 2H, 2W] (same size on the last level)
+        h = self.out_block(torch.cat([h, skips.pop()], dim=1), emb)  # [B, 2 * base, H, W] -> [B, base, H, W]
+        return self.out_conv(h)  # [B, C, H, W]

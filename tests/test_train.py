@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from ddpm_lib import UNet, cosine_schedule, ddim_sample, load_checkpoint, load_model, train
+
+
+def tiny_images(n=32, size=8):
+    """A toy dataset with structure a network can learn: bright squares at random places."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.zeros(n, size, size, dtype=torch.uint8)
+    for i, (r, c) in enumerate(torch.randint(0, size - 3, (n, 2), generator=g).tolist()):
+        images[i, r:r + 3, c:c + 3] = 255
+    return images
+
+
+def tiny_unet(seed=0):
+    torch.manual_seed(seed)
+    return UNet(in_channels=1, base_dim=8, dim_mults=(1, 2))
+
+
+SCHEDULE = cosine_schedule(T=100)
+
+
+def test_training_drives_the_loss_well_below_its_start():
+    # An untrained eps-predictor outputs values near 0, so its loss starts near E[eps^2] = 1.
+    losses, ema = train(tiny_unet(), SCHEDULE, tiny_images(), steps=100, batch_size=32, lr=3e-3,
+                        device="cpu", progress=False)
+    assert len(losses) == 100
+    start, end = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert start > 0.5
+    assert end < 0.5 * start
+    assert not ema.training and not any(p.requires_grad for p in ema.parameters())
+    x = ddim_sample(ema, SCHEDULE, torch.randn(2, 1, 8, 8), num_steps=5)
+    assert x.shape == (2, 1, 8, 8)
+
+
+def test_resuming_from_a_checkpoint_continues_exactly(tmp_path):
+    kwargs = dict(batch_size=8, lr=1e-3, device="cpu", seed=3, progress=False, log_every=2)
+    # One uninterrupted run of 12 steps: 32 images in batches of 8 make 4 batches an epoch, so 3 epochs.
+    model_a = tiny_unet()
+    losses_a, ema_a = train(model_a, SCHEDULE, tiny_images(), steps=12, **kwargs)
+    # The same run stopped after 5 steps (mid-epoch) and resumed from the checkpoint in a new model.
+    path = tmp_path / "run.pt"
+    train(tiny_unet(), SCHEDULE, tiny_images(), steps=5, checkpoint=path, **kwargs)
+    assert load_checkpoint(path)["step"] == 5
+    model_b = tiny_unet(seed=99)  # different initial weights: everything must come from the file
+    losses_b, ema_b = train(model_b, SCHEDULE, tiny_images(), steps=12, checkpoint=path, **kwargs)
+
+    assert losses_b == pytest.approx(losses_a, rel=1e-6, abs=1e-7)
+    for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(ema_a.state_dict().values(), ema_b.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # The checkpoint rebuilds the EMA network on its own, for the sampling chapter.
+    restored = load_model(path)
+    for a, b in zip(ema_a.state_dict().values(), restored.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_checkpoint_from_another_model_or_run_is_refused(tmp_path):
+    path = tmp_path / "run.pt"
+    train(tiny_unet(), SCHEDULE, tiny_images(), steps=2, batch_size=8, device="cpu", checkpoint=path, progress=False)
+    other = UNet(in_channels=1, base_dim=16, dim_mults=(1, 2))
+    with pytest.raises(ValueError, match="different model"):
+        train(other, SCHEDULE, tiny_images(), steps=4, batch_size=8, device="cpu", checkpoint=path, progress=False)
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        train(tiny_unet(), SCHEDULE, tiny_images(), steps=4, batch_size=8, lr=1e-3, device="cpu",
+              checkpoint=path, progress=False)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_model(garbage)
+
+
+def test_train_rejects_images_that_do_not_fit_the_model():
+    model = tiny_unet()
+    with pytest.raises(ValueError, match="1 channel"):
+        train(model, SCHEDULE, torch.zeros(4, 3, 8, 8), steps=1, device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        train(model, SCHEDULE, torch.full((4, 1, 8, 8), 255.0), steps=1, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="not divisible"):
+        train(UNet(1, 8, (1, 2, 4)), SCHEDULE, torch.zeros(4, 1, 10, 10), steps=1, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="amp"):
+        train(model, SCHEDULE, tiny_images(), steps=1, device="cpu", amp="fp8", progress=False)
+
+
+def test_callback_sees_the_ema_model_every_log_every_steps():
+    calls = []
+    train(tiny_unet(), SCHEDULE, tiny_images(), steps=7, batch_size=8, device="cpu", log_every=3, progress=False,
+          callback=lambda step, ema, losses: calls.append((step, len(losses), ema.training)))
+    assert calls == [(3, 3, False), (6, 6, False), (7, 7, False)]
+
+
+def test_ema_is_the_exponential_average_of_the_weight_trajectory():
+    # ema_k = d_k ema_{k-1} + (1 - d_k) w_k with d_k = min(decay, (1 + k) / (10 + k)) for step k = 0, 1, ...
+    # and ema_{-1} = w_{-1}, the initial weights. Recompute it from the recorded trajectory.
+    model = tiny_unet()
+    decay = 0.9
+    expected = [p.detach().clone() for p in model.parameters()]
+    def record(step, ema, losses):
+        d = min(decay, step / (9 + step))  # (1 + k) / (10 + k) with k = step - 1
+        for e, p in zip(expected, model.parameters()):
+            e.mul_(d).add_(p.detach(), alpha=1 - d)
+    _, ema = train(model, SCHEDULE, tiny_images(), steps=30, batch_size=8, lr=1e-2, ema_decay=decay,
+                   device="cpu", log_every=1, progress=False, callback=record)
+    for e, p, w in zip(expected, ema.parameters(), model.parameters()):
+        torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(p, w) for p, w in zip(ema.parameters(), model.parameters()))
