@@ -20,6 +20,9 @@ def save_checkpoint(path, state: dict) -> None:
     os.close(fd)
     try:
         torch.save({"format": FORMAT, **state}, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ and the samplers are ordinary float32 code.
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,7 +21,7 @@ from .checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from .data import to_model_range
 from .diffusion import ddpm_loss
 from .schedule import NoiseSchedule
-from .utils import pick_device
+from .utils import device_name, pick_device
 
 
 class TrainResult(NamedTuple):
@@ -75,7 +76,7 @@ def _fits_on(device: torch.device, nbytes: int) -> bool:
 def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, *, steps: int, batch_size: int = 128,
           lr: float = 2e-4, ema_decay: float = 0.999, grad_clip: float | None = 1.0, amp="auto", device=None,
           seed: int = 0, checkpoint=None, checkpoint_every: int = 1000, log_every: int = 100, callback=None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, channels_last: bool = True, compile: bool = False) -> TrainResult:
     """Train ``model`` to predict noise on ``images`` for ``steps`` optimisation steps.
 
     - Batches: each epoch visits the images in a fresh random order that depends only on
@@ -87,6 +88,10 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, *, st
       match) and continues exactly as an uninterrupted run would; it is written every
       ``checkpoint_every`` steps and at the end.
     - ``callback(step, ema, losses)`` is called every ``log_every`` steps and after the last one.
+    - ``channels_last``: store activations as [B, H, W, C] in memory (the tensors keep their
+      [B, C, H, W] shape); convolutions run faster that way, 1.5-1.8x on a CPU for this U-Net.
+    - ``compile``: run the model through ``torch.compile`` (faster steps on a GPU after a
+      compilation that takes a minute or more; the weights and checkpoints are unchanged).
 
     Returns ``TrainResult(losses, ema)``.
     """
@@ -104,16 +109,19 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, *, st
     batch_size = min(batch_size, N)
     batches_per_epoch = N // batch_size
 
-    model.to(device).train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format).train()
+    data = data.contiguous(memory_format=memory_format)
     schedule = schedule.to(device)
     use_amp = _amp_enabled(amp, device)
+    net = torch.compile(model) if compile else model  # shares its parameters with model
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=device.type == "cuda")
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     generator = torch.Generator(device=device).manual_seed(seed)
     run = {"batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed,
            "amp": use_amp, "schedule": schedule.name, "num_images": N}
     losses: list[float] = []
-    start = 0
+    start, seconds_before = 0, 0.0
 
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.exists():
@@ -127,16 +135,18 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, *, st
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        losses, start = list(state["losses"]), state["step"]
+        losses, start, seconds_before = list(state["losses"]), state["step"], state.get("seconds", 0.0)
         if start > steps:
             raise ValueError(f"{checkpoint} is already {start} steps into training, more than steps={steps}")
 
     def save(step: int) -> None:
         save_checkpoint(checkpoint, {
             "step": step, "losses": losses, "run": run, "generator": generator.get_state(),
+            "seconds": seconds_before + time.perf_counter() - clock, "device": device_name(device),
             "model_config": getattr(model, "config", None), "model": model.state_dict(),
             "ema": ema.state_dict(), "optimizer": optimizer.state_dict()})
 
+    clock = time.perf_counter()  # wall time of training, kept in the checkpoint across resumptions
     epoch_cached, order = -1, None
     pending: list[torch.Tensor] = []  # losses still on the device: reading them every step would stall a GPU
     bar = tqdm(total=steps, initial=start, disable=not progress, desc="training", unit="step",
@@ -147,9 +157,10 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, *, st
             g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             order, epoch_cached = torch.randperm(N, generator=g).to(data.device), epoch
         x0 = data[order[k * batch_size:(k + 1) * batch_size]].to(device, non_blocking=True)  # [B, C, H, W]
+        x0 = x0.contiguous(memory_format=memory_format)
 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = ddpm_loss(model, schedule, x0, generator=generator)  # Ho et al. 2020, Algorithm 1
+            loss = ddpm_loss(net, schedule, x0, generator=generator)  # Ho et al. 2020, Algorithm 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:

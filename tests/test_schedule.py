@@ -24,7 +24,7 @@ def test_cosine_schedule_follows_eq_17(T):
     torch.testing.assert_close(sched.alpha_bars[:unclipped], expected_ab, rtol=1e-5, atol=1e-7)
 
 
-def test_cosine_schedule_starts_gently_unlike_the_seeds_version():
+def test_cosine_schedule_starts_gently():
     # The source tutorial returned f(t) itself as the betas; f(0) ~ 1 so its very first step would
     # wipe out the image (beta_1 ~ 1). Eq. 17 gives beta_1 = 1 - f(1)/f(0), about
     # (a1^2 - a0^2) with a_t = (t/T + s)/(1 + s) * pi/2 for small angles: ~4e-5 for T = 1000.
