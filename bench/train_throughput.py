@@ -1,0 +1,213 @@
+"""Training throughput of ddpm_lib's U-Net, each optimisation measured on its own, against peers.
+
+    python bench/train_throughput.py            # the book's MNIST config and a CIFAR-sized one
+    python bench/train_throughput.py --tiny     # seconds on a CPU: checks the script runs
+
+One "step" is what dl.train does per batch: forward, loss, backward, gradient clipping, optimiser
+step and EMA update. Rows add one optimisation at a time:
+
+  fp32 baseline        plain AdamW (for-loop), EMA parameter by parameter
+  + fused/foreach      fused AdamW on CUDA, one torch._foreach_lerp_ for the EMA
+  + bf16 autocast      forward and backward in bfloat16 (CUDA only)
+  + channels_last      NHWC activations
+  + torch.compile      the model compiled (CUDA only; minutes of compilation first)
+
+Peers, at a parameter count matched to ours and the same batch, run with the best of the same
+settings: lucidrains' denoising_diffusion_pytorch.Unet and Hugging Face diffusers.UNet2DModel,
+when installed. FLOPs per step come from torch.utils.flop_counter; model FLOP utilisation (MFU)
+divides the achieved FLOP rate by the GPU's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import ddpm_lib as dl
+from common import cli
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core FLOP/s
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+class EpsModel(torch.nn.Module):
+    """Adapts a peer's network to the (x_t, t) -> eps_hat contract."""
+
+    def __init__(self, net, kind):
+        super().__init__()
+        self.net, self.kind = net, kind
+
+    def forward(self, x, t):
+        out = self.net(x, t)
+        return out.sample if self.kind == "diffusers" else out
+
+
+def count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def closest(make, target: int):
+    """The model from ``make(width)`` whose parameter count is closest to ``target`` (widths 8, 16, ...)."""
+    best, width = None, 8
+    while True:
+        model = make(width)
+        if best is None or abs(count(model) - target) < abs(count(best) - target):
+            best = model
+        if count(model) > 1.3 * target or width > 512:
+            return best
+        width += 8
+
+
+def peer_models(channels: int, size: int, target: int, depth: int):
+    """Peers sized to the parameter count closest to ``target`` (empty if not installed)."""
+    peers = {}
+    try:
+        from denoising_diffusion_pytorch import Unet
+
+        mults = (1, 2, 4, 8)[:depth]
+        best = closest(lambda w: Unet(dim=w, dim_mults=mults, channels=channels), target)
+        peers["denoising-diffusion-pytorch Unet"] = EpsModel(best, "lucidrains")
+    except ImportError:
+        pass
+    try:
+        from diffusers import UNet2DModel
+
+        def make(w):
+            chans = tuple(w * m for m in (1, 2, 4, 8)[:depth])
+            return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=chans,
+                               down_block_types=("DownBlock2D",) * depth, up_block_types=("UpBlock2D",) * depth,
+                               layers_per_block=2, norm_num_groups=8)
+        peers["diffusers UNet2DModel"] = EpsModel(closest(make, target), "diffusers")
+    except ImportError:
+        pass
+    return peers
+
+
+def make_step(model, schedule, *, amp, channels_last, fused, compiled):
+    """One training step as in dl.train, returning the loss tensor (no host sync)."""
+    device = next(model.parameters()).device
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    use_fused = fused and device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=use_fused, foreach=fused and not use_fused)
+    net = torch.compile(model) if compiled else model
+    params, ema_params = list(model.parameters()), list(ema.parameters())
+
+    def step(x0):
+        x0 = x0.contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = dl.ddpm_loss(net, schedule, x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=fused)
+        opt.step()
+        with torch.no_grad():
+            if fused:
+                torch._foreach_lerp_(ema_params, params, 1e-3)
+            else:
+                for e, p in zip(ema_params, params):
+                    e.lerp_(p, 1e-3)
+        return loss
+
+    return step
+
+
+def measure(step, x0, iters: int, warmup: int) -> float:
+    """Seconds per step, timed with device synchronisation around the timed region."""
+    device = x0.device
+    for _ in range(warmup):
+        step(x0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        loss = step(x0)
+    loss.item()  # wait for the last step
+    return (time.perf_counter() - start) / iters
+
+
+def flops_per_step(model, schedule, x0) -> float:
+    """Forward + backward FLOPs of the model for one batch (optimizer and EMA are negligible)."""
+    with FlopCounterMode(display=False) as counter:
+        dl.ddpm_loss(model, schedule, x0).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def configurations(tiny: bool):
+    if tiny:
+        return {"tiny MNIST": dict(channels=1, size=28, base=8, mults=(1, 2), batch=8)}
+    return {"MNIST (book)": dict(channels=1, size=28, base=32, mults=(1, 2, 4), batch=128),
+            "CIFAR-sized": dict(channels=3, size=32, base=84, mults=(1, 2, 2, 4), batch=128)}
+
+
+def run(tiny: bool = False, device=None, iters: int | None = None) -> list[dict]:
+    device = torch.device(device) if device is not None else dl.pick_device()
+    cuda = device.type == "cuda"
+    iters, warmup = (iters or 2, 1) if tiny else (iters or 30, 10)
+    schedule = dl.cosine_schedule(1000).to(device)
+    peak = peak_flops(device)
+    rows = []
+    for config_name, c in configurations(tiny).items():
+        x0 = torch.rand(c["batch"], c["channels"], c["size"], c["size"], device=device) * 2 - 1
+        variants = [("fp32 baseline", dict(amp=False, channels_last=False, fused=False, compiled=False)),
+                    ("+ fused/foreach", dict(amp=False, channels_last=False, fused=True, compiled=False))]
+        if cuda:
+            variants.append(("+ bf16 autocast", dict(amp=True, channels_last=False, fused=True, compiled=False)))
+        variants.append(("+ channels_last", dict(amp=cuda, channels_last=True, fused=True, compiled=False)))
+        if cuda and not tiny:
+            variants.append(("+ torch.compile", dict(amp=True, channels_last=True, fused=True, compiled=True)))
+        torch.manual_seed(0)
+        ours = dl.UNet(c["channels"], c["base"], c["mults"]).to(device)
+        flops = flops_per_step(ours, schedule, x0)
+        models = [(f"ddpm_lib UNet, {label}", ours, opts) for label, opts in variants]
+        best = dict(amp=cuda, channels_last=True, fused=True, compiled=False)
+        for name, peer in peer_models(c["channels"], c["size"], count(ours), len(c["mults"])).items():
+            models.append((name, peer.to(device), best))
+        for name, model, opts in models:
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            model_flops = flops if model is ours else flops_per_step(model, schedule, x0)
+            seconds = measure(make_step(copy.deepcopy(model), schedule, **opts), x0, iters, warmup)
+            print(f"  {config_name}: {name}: {1000 * seconds:.1f} ms/step", flush=True)  # progress
+            rows.append({"config": config_name, "model": name, "params": count(model), "batch": c["batch"],
+                         "images_per_s": c["batch"] / seconds, "ms_per_step": 1000 * seconds,
+                         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+                         "mfu": model_flops / seconds / peak if peak else None, "peer": model is not ours})
+    return rows
+
+
+def format_table(rows: list[dict], device_label: str) -> str:
+    lines = [f"Training-step throughput on {device_label}"]
+    for config in dict.fromkeys(r["config"] for r in rows):
+        group = [r for r in rows if r["config"] == config]
+        peers = [r["images_per_s"] for r in group if r["peer"]]
+        fastest_peer = max(peers) if peers else None
+        lines.append(f"\n{config} (batch {group[0]['batch']})")
+        lines.append(f"{'model':<44}{'params':>11}{'img/s':>10}{'ms/step':>9}{'mem GiB':>9}{'MFU':>7}{'vs best peer':>14}")
+        for r in group:
+            mem = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
+            mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+            ratio = f"{r['images_per_s'] / fastest_peer:.2f}x" if fastest_peer else "no peers"
+            lines.append(f"{r['model']:<44}{r['params']:>11,}{r['images_per_s']:>10.0f}{r['ms_per_step']:>9.1f}"
+                         f"{mem:>9}{mfu:>7}{ratio:>14}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    return cli(run, format_table, __doc__.splitlines()[0], argv)
+
+
+if __name__ == "__main__":
+    main()

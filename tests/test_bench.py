@@ -1,0 +1,51 @@
+"""The benchmark scripts stay out of `make test`, but a tiny run of each on the CPU keeps them working."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))  # the scripts import their shared command line from bench/common.py
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_throughput_runs_at_tiny_size(capsys):
+    rows = load("train_throughput").main(["--tiny", "--device", "cpu"])
+    ours = [r for r in rows if not r["peer"]]
+    assert [r["model"] for r in ours] == ["ddpm_lib UNet, fp32 baseline", "ddpm_lib UNet, + fused/foreach",
+                                          "ddpm_lib UNet, + channels_last"]
+    assert all(r["images_per_s"] > 0 and r["params"] > 0 for r in rows)
+    assert "Training-step throughput" in capsys.readouterr().out
+
+
+def test_flop_counter_counts_forward_and_backward():
+    # A 1x1 convolution from C to C channels over B x H x W pixels costs 2 C^2 B H W FLOPs forward
+    # (a multiply and an add per weight and pixel). Backward needs only the weight gradient, as the
+    # input x_t needs none, and that costs the same again: 4 C^2 B H W in total.
+    import torch
+
+    import ddpm_lib
+
+    class OneConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 1, bias=False)
+
+        def forward(self, x, t):
+            return self.conv(x)
+
+    flops = load("train_throughput").flops_per_step(OneConv(), ddpm_lib.cosine_schedule(10), torch.zeros(2, 4, 3, 3))
+    assert flops == 4 * 4**2 * 2 * 3 * 3
+
+
+def test_sampling_bench_runs_at_tiny_size(capsys):
+    rows = load("sampling").main(["--tiny", "--device", "cpu"])
+    assert {r["sampler"] for r in rows} == {"ddpm_sample (20 steps)", "ddim_sample (20 steps)"}
+    assert all(r["images_per_s"] > 0 for r in rows)
+    assert "Sampling throughput" in capsys.readouterr().out
