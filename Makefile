@@ -7,11 +7,12 @@ VENV := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.ddpm-book-installed
 
-.PHONY: help install test unit notebooks book clean
+.PHONY: help install test unit notebooks book check-html clean
 
 help:
 	@echo "make book   build the book into _build/html"
 	@echo "make test   unit tests, every notebook in smoke mode, and the book build"
+	@echo "make check-html   open every page of the built book in headless Chromium"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,10 @@ book: $(INSTALLED)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 test: unit notebooks book
+
+# Every page in a real (headless, offline) Chromium: console errors, images, links, launch buttons.
+check-html: book
+	$(PY) scripts/check_html.py --html _build/html --screenshots _build/screenshots
 
 clean:
 	rm -rf _build

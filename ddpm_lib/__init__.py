@@ -8,7 +8,7 @@ The public API, by concept:
 - network:  SinusoidalEmbedding, ConvNeXtBlock, Downsample, Upsample, UNet
 - training:  train, TrainResult, save_checkpoint, load_checkpoint, load_model
 - data:  load_mnist, load_fashion_mnist, to_model_range, from_model_range, DatasetError
-- figures:  image_grid, show_images, animate_grids
+- figures:  image_grid, show_images, animate_grids, animation_html
 - utilities:  pick_device, seed_everything, device_name, smoke_mode, start_chapter
 
 The other generative models and the metrics live in their own modules, imported by name:
@@ -28,7 +28,7 @@ from .sampling import ddim_sample, ddim_timesteps, ddpm_sample
 from .schedule import NoiseSchedule, cosine_schedule, linear_schedule
 from .train import TrainResult, train
 from .unet import UNet
-from .plotting import animate_grids, image_grid, show_images
+from .plotting import animate_grids, animation_html, image_grid, show_images
 from .utils import Chapter, device_name, pick_device, seed_everything, smoke_mode, start_chapter
 
 __version__ = "0.1.0"
@@ -40,6 +40,6 @@ __all__ = [
     "SinusoidalEmbedding", "ConvNeXtBlock", "Downsample", "Upsample", "UNet",
     "train", "TrainResult", "save_checkpoint", "load_checkpoint", "load_model",
     "load_mnist", "load_fashion_mnist", "to_model_range", "from_model_range", "DatasetError",
-    "image_grid", "show_images", "animate_grids",
+    "image_grid", "show_images", "animate_grids", "animation_html",
     "pick_device", "seed_everything", "device_name", "smoke_mode", "start_chapter", "Chapter",
 ]

@@ -108,3 +108,17 @@ def test_unet_rejects_sizes_it_cannot_halve_and_wrong_channels():
         model(torch.randn(1, 32, 32), torch.tensor([1]))
     with pytest.raises(ValueError):
         UNet(dim_mults=())
+
+
+def test_animation_html_is_self_contained_and_embeds_every_frame():
+    # The rendered book is read offline: the player must not fetch anything, and every frame must
+    # be in the page (matplotlib writes one base64 PNG per frame).
+    import matplotlib
+
+    matplotlib.use("Agg")
+    frames = [torch.full((2, 1, 8, 8), v) for v in (-1.0, 0.0, 1.0)]
+    html = ddpm_lib.animation_html(ddpm_lib.animate_grids(frames, ["a", "b", "c"]))
+    assert "http://" not in html and "https://" not in html
+    assert 'class="fa' not in html  # icon-font buttons replaced by text symbols
+    assert html.count("data:image/png;base64") == len(frames)
+    assert "&#x25B6;" in html  # the play button

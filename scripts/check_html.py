@@ -1,0 +1,127 @@
+"""Open every page of the built book in headless Chromium and fail on anything a reader would hit.
+
+    python scripts/check_html.py [--html _build/html] [--chromium /usr/bin/chromium]
+
+Serves the HTML on localhost and, for every page: records JavaScript console errors, uncaught
+exceptions and failed requests; checks that every image loaded; checks that every internal link
+points at an existing page and, for links with a #fragment, at an existing anchor; checks that
+every chapter page (notebooks/*) has its "Open in Colab" launch link; and saves a full-page
+screenshot to _build/screenshots/. Chromium runs offline, with a fresh profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import json
+import re
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from playwright.sync_api import sync_playwright
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def pages(html: Path) -> list[Path]:
+    skip = {"genindex.html", "search.html"}
+    return sorted(p for p in html.rglob("*.html")
+                  if p.name not in skip and not any(part.startswith(("_static", "_sources", "_images")) for part in p.parts))
+
+
+def anchors(path: Path, cache: dict) -> set[str]:
+    if path not in cache:
+        cache[path] = set(re.findall(r'id="([^"]+)"', path.read_text(errors="replace")))
+    return cache[path]
+
+
+def check(html: Path, chromium: str, shots: Path) -> list[dict]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(html)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{server.server_address[1]}"
+    shots.mkdir(parents=True, exist_ok=True)
+    results, anchor_cache = [], {}
+    try:
+        with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+            browser = p.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True,
+                                                           args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 900})
+            for path in pages(html):
+                rel = path.relative_to(html).as_posix()
+                problems = []
+                page = browser.new_page()
+                page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+                page.on("pageerror", lambda e: problems.append(f"uncaught exception: {e}"))
+                page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
+                page.goto(f"{origin}/{rel}", wait_until="load")
+                page.wait_for_load_state("networkidle")
+                broken_images = page.evaluate(
+                    "Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.currentSrc || i.src)")
+                problems += [f"image did not load: {src}" for src in broken_images]
+                links = page.evaluate("Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
+                for href in set(links):
+                    if not href.startswith(origin):
+                        continue
+                    url = urlsplit(href)
+                    target = html / unquote(url.path).lstrip("/")
+                    if target.is_dir():
+                        target = target / "index.html"
+                    if not target.exists():
+                        problems.append(f"broken link: {url.path}")
+                    elif url.fragment and target.suffix == ".html" and unquote(url.fragment) not in anchors(target, anchor_cache):
+                        problems.append(f"broken anchor: {url.path}#{url.fragment}")
+                colab = [h for h in links if "colab.research.google.com/github/" in h]
+                if rel.startswith("notebooks/") and not colab:
+                    problems.append("chapter page without its Colab launch link")
+                title = page.title()
+                shot = shots / (rel.replace("/", "__").removesuffix(".html") + ".png")
+                page.screenshot(path=str(shot), full_page=True)
+                page.close()
+                results.append({"page": rel, "title": title, "images": page_images(html, path), "colab": colab[:1],
+                                "screenshot": str(shot), "problems": problems})
+            browser.close()
+    finally:
+        server.shutdown()
+    return results
+
+
+def page_images(html: Path, path: Path) -> int:
+    return len(re.findall(r"<img\b", path.read_text(errors="replace")))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--html", default="_build/html")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--screenshots", default="_build/screenshots")
+    args = parser.parse_args(argv)
+    html, shots = Path(args.html), Path(args.screenshots)
+    if not (html / "index.html").exists():
+        print(f"no built book at {html}; run `make book` first", file=sys.stderr)
+        return 2
+    if not Path(args.chromium).exists():
+        print(f"Chromium not found at {args.chromium} (Debian: apt-get install chromium)", file=sys.stderr)
+        return 2
+    results = check(html, args.chromium, shots)
+    (shots / "report.json").write_text(json.dumps(results, indent=1))
+    failed = [r for r in results if r["problems"]]
+    for r in results:
+        status = "ok  " if not r["problems"] else "FAIL"
+        print(f"{status} {r['page']:<40} {r['images']:>3} images  {'Colab' if r['colab'] else '     '}  {r['title']}")
+        for problem in r["problems"]:
+            print(f"       {problem}")
+    print(f"\n{len(results)} pages checked in Chromium, {len(failed)} with problems; screenshots in {shots}/")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
