@@ -76,10 +76,10 @@ def animate_grids(frames, titles=None, nrow: int = 8, interval: int = 120, size:
     return animation
 
 
-# Text symbols for the player's buttons, so the page needs no icon font from a CDN.
-_PLAYER_ICONS = {"fa fa-minus": "&minus;", "fa fa-fast-backward": "&#x23EE;", "fa fa-step-backward": "&lsaquo;",
-                 "fa fa-play fa-flip-horizontal": "&#x25C0;", "fa fa-pause": "&#x23F8;", "fa fa-play": "&#x25B6;",
-                 "fa fa-step-forward": "&rsaquo;", "fa fa-fast-forward": "&#x23ED;", "fa fa-plus": "+"}
+# Text symbols for the player's buttons (common glyphs), so the page needs no icon font from a CDN.
+_PLAYER_ICONS = {"fa fa-minus": "&minus;", "fa fa-fast-backward": "&laquo;", "fa fa-step-backward": "&lsaquo;",
+                 "fa fa-play fa-flip-horizontal": "&#x25C0;", "fa fa-pause": "&#x2016;", "fa fa-play": "&#x25B6;",
+                 "fa fa-step-forward": "&rsaquo;", "fa fa-fast-forward": "&raquo;", "fa fa-plus": "+"}
 
 
 def animation_html(animation, default_mode: str = "once") -> str:

@@ -59,7 +59,12 @@ def check(html: Path, chromium: str, shots: Path) -> list[dict]:
                 rel = path.relative_to(html).as_posix()
                 problems = []
                 page = browser.new_page()
-                page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+                # A failed resource is reported with its URL by the response handler, not as the bare
+                # console line. Chromium asks for /favicon.ico on its own, so that one is not the page's fault.
+                page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+                        if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+                page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}")
+                        if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
                 page.on("pageerror", lambda e: problems.append(f"uncaught exception: {e}"))
                 page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
                 page.goto(f"{origin}/{rel}", wait_until="load")
@@ -79,6 +84,13 @@ def check(html: Path, chromium: str, shots: Path) -> list[dict]:
                         problems.append(f"broken link: {url.path}")
                     elif url.fragment and target.suffix == ".html" and unquote(url.fragment) not in anchors(target, anchor_cache):
                         problems.append(f"broken anchor: {url.path}#{url.fragment}")
+                # Math must be typeset: MathJax replaces every \( ... \) span with an mjx-container.
+                n_math = page.evaluate("document.querySelectorAll('span.math, div.math').length")
+                if n_math:
+                    try:
+                        page.wait_for_function("document.querySelectorAll('mjx-container').length > 0", timeout=15_000)
+                    except Exception:
+                        problems.append(f"{n_math} math elements but MathJax typeset none")
                 colab = [h for h in links if "colab.research.google.com/github/" in h]
                 if rel.startswith("notebooks/") and not colab:
                     problems.append("chapter page without its Colab launch link")

@@ -16,7 +16,7 @@ def _drop_repeats(app, pagename, templatename, context, doctree):
         if key not in seen:
             seen.add(key)
             unique.append(script)
-    context["script_files"] = unique
+    context["script_files"][:] = unique  # in place: handlers that run later still add to this list
     if not context.get("default_mode"):
         context["default_mode"] = "auto"
 
