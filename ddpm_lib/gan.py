@@ -25,6 +25,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
 
 from .data import to_model_range
+from .train import update_ema
 
 
 class Generator(nn.Module):
@@ -130,11 +131,7 @@ def train_gan(generator: Generator, discriminator: Discriminator, images: torch.
         g_loss.backward()
         opt_g.step()
 
-        with torch.no_grad():
-            decay = min(ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(list(ema.parameters()), list(generator.parameters()), 1.0 - decay)
-            for e, g in zip(ema.buffers(), generator.buffers()):  # batch-norm running statistics
-                e.copy_(g)
+        update_ema(ema, generator, step, ema_decay)
         pending.append(torch.stack([d_loss.detach(), g_loss.detach(), torch.sigmoid(real_logits).mean().detach(),
                                     torch.sigmoid(fake_logits).mean().detach()]))
         if (step + 1) % log_every == 0 or step + 1 == steps:

@@ -59,10 +59,16 @@ def _amp_enabled(amp, device: torch.device) -> bool:
 
 
 @torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, for all parameters at once."""
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    for e, m in zip(ema.buffers(), model.buffers()):
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, step: int, decay: float) -> None:
+    """ema <- d * ema + (1 - d) * model for all parameters at once (buffers are copied).
+
+    d = min(decay, (1 + step) / (10 + step)): a warm-up, so that early on the average follows the
+    trained weights instead of remembering the random initial ones. Also used by ``train_gan``.
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - d)
+    for e, m in zip(ema.buffers(), model.buffers()):  # e.g. batch-norm running statistics
         e.copy_(m)
 
 
@@ -156,8 +162,8 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, *, st
         if epoch != epoch_cached:  # the order depends on (seed, epoch) only, so a resumed run matches
             g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             order, epoch_cached = torch.randperm(N, generator=g).to(data.device), epoch
-        x0 = data[order[k * batch_size:(k + 1) * batch_size]].to(device, non_blocking=True)  # [B, C, H, W]
-        x0 = x0.contiguous(memory_format=memory_format)
+        # [B, C, H, W]; indexing keeps data's memory format, so batches are channels-last already
+        x0 = data[order[k * batch_size:(k + 1) * batch_size]].to(device, non_blocking=True)
 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = ddpm_loss(net, schedule, x0, generator=generator)  # Ho et al. 2020, Algorithm 1
@@ -166,7 +172,7 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, *, st
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        _ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))
+        update_ema(ema, model, step, ema_decay)
         pending.append(loss.detach())
 
         done = step + 1
