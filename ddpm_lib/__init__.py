@@ -3,42 +3,51 @@
 The public API, by concept:
 
 - schedules:  NoiseSchedule, linear_schedule, cosine_schedule
-- forward process and loss:  q_sample, predict_x0, q_posterior, ddpm_loss
-- samplers:  ddpm_sample, ddim_sample, ddim_timesteps; GaussianDenoiser, the exact eps for Gaussian data
+- forward process and loss:  q_sample, predict_x0, predict_eps, q_posterior, ddpm_loss, DDPMLoss
+- samplers:  ddpm_sample, ddim_sample, ddim_timesteps, and what they share: denoise, Prediction,
+  run_sampler; GaussianDenoiser, the exact eps for Gaussian data
 - network:  SinusoidalEmbedding, ConvNeXtBlock, Downsample, Upsample, UNet
-- training:  train, TrainResult, save_checkpoint, load_checkpoint, load_model
+- training:  train (any objective), TrainResult, Batch, autocast_dtype, make_ema, update_ema
+- checkpoints:  save_checkpoint, load_checkpoint, save_model, load_model
 - data:  load_mnist, load_fashion_mnist, to_model_range, from_model_range, DatasetError
-- figures:  image_grid, show_images, animate_grids, animation_html
-- utilities:  pick_device, seed_everything, device_name, smoke_mode, start_chapter
+- figures:  image_grid, show_images, animate_grids
+- utilities:  pick_device, seed_everything, device_name
 
 The other generative models and the metrics live in their own modules, imported by name:
-``ddpm_lib.vae`` (VAE, vae_loss, vae_sample, train_vae), ``ddpm_lib.gan`` (Generator,
-Discriminator, the non-saturating losses, gan_sample, train_gan) and ``ddpm_lib.metrics``
-(the feature network, Frechet distance, KID, precision and recall, class coverage).
+``ddpm_lib.vae`` (VAE, VAELoss, vae_loss, vae_sample, train_vae), ``ddpm_lib.gan`` (Generator,
+Discriminator, the non-saturating losses, gan_sample, train_gan) and ``ddpm_lib.metrics`` (the
+feature network, Frechet distance, KID, precision and recall, class coverage). ``ddpm_lib.book``
+holds what the chapters need around them (start-up, smoke mode, timing, animations); its
+``start_chapter``, ``smoke_mode``, ``Chapter`` and ``animation_html`` are also re-exported here.
 """
 
-from . import gan, metrics, vae
+from . import book, gan, metrics, vae
 from .analytic import GaussianDenoiser
 from .blocks import ConvNeXtBlock, Downsample, Upsample
-from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from .book import Chapter, animation_html, smoke_mode, start_chapter
+from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from .data import DatasetError, from_model_range, load_fashion_mnist, load_mnist, to_model_range
-from .diffusion import ddpm_loss, predict_x0, q_posterior, q_sample
+from .diffusion import DDPMLoss, ddpm_loss, predict_eps, predict_x0, q_posterior, q_sample
+from .ema import make_ema, update_ema
 from .embedding import SinusoidalEmbedding
-from .sampling import ddim_sample, ddim_timesteps, ddpm_sample
+from .loop import Batch, TrainResult, autocast_dtype
+from .plotting import animate_grids, image_grid, show_images
+from .sampling import Prediction, ddim_sample, ddim_timesteps, ddpm_sample, denoise, run_sampler
 from .schedule import NoiseSchedule, cosine_schedule, linear_schedule
-from .train import TrainResult, train
+from .train import train
 from .unet import UNet
-from .plotting import animate_grids, animation_html, image_grid, show_images
-from .utils import Chapter, device_name, pick_device, seed_everything, smoke_mode, start_chapter
+from .utils import device_name, pick_device, seed_everything
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "book", "gan", "metrics", "vae",
     "NoiseSchedule", "linear_schedule", "cosine_schedule",
-    "q_sample", "predict_x0", "q_posterior", "ddpm_loss",
-    "ddpm_sample", "ddim_sample", "ddim_timesteps", "GaussianDenoiser",
+    "q_sample", "predict_x0", "predict_eps", "q_posterior", "ddpm_loss", "DDPMLoss",
+    "ddpm_sample", "ddim_sample", "ddim_timesteps", "denoise", "Prediction", "run_sampler", "GaussianDenoiser",
     "SinusoidalEmbedding", "ConvNeXtBlock", "Downsample", "Upsample", "UNet",
-    "train", "TrainResult", "save_checkpoint", "load_checkpoint", "load_model",
+    "train", "TrainResult", "Batch", "autocast_dtype", "make_ema", "update_ema",
+    "save_checkpoint", "load_checkpoint", "save_model", "load_model",
     "load_mnist", "load_fashion_mnist", "to_model_range", "from_model_range", "DatasetError",
     "image_grid", "show_images", "animate_grids", "animation_html",
     "pick_device", "seed_everything", "device_name", "smoke_mode", "start_chapter", "Chapter",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 from pathlib import Path
@@ -55,19 +56,59 @@ def check_state_dict(model: nn.Module, state_dict: dict, source: str = "checkpoi
         raise ValueError(f"{source} was written for a different model ({len(problems)} tensors differ):\n  {shown}")
 
 
-def load_model(path, device=None, ema: bool = True) -> nn.Module:
-    """Rebuild the :class:`~ddpm_lib.unet.UNet` stored in a training checkpoint, in eval mode.
+def model_record(model: nn.Module) -> dict:
+    """What a checkpoint needs to rebuild ``model``: its class and the arguments it was built with.
 
-    ``ema=True`` loads the exponential moving average of the weights, which samples better.
+    Every ddpm_lib model keeps its constructor arguments in ``model.config``.
     """
-    from .unet import UNet  # local import: checkpoint.py is also used by train.py
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        raise ValueError(f"{type(model).__name__} has no .config dict of constructor arguments, so a checkpoint "
+                         "could not rebuild it")
+    return {"model_class": f"{type(model).__module__}.{type(model).__qualname__}", "model_config": config}
 
+
+def save_model(path, model: nn.Module, **extra) -> None:
+    """Save ``model``'s weights with its class and config, so :func:`load_model` rebuilds it alone.
+
+    ``extra`` holds plain values to keep beside them (training time, device, ...).
+    """
+    save_checkpoint(path, {**extra, **model_record(model), "model": model.state_dict()})
+
+
+def model_class(name: str) -> type:
+    """The ddpm_lib model class recorded as ``name`` ("ddpm_lib.vae.VAE", for example)."""
+    module_name, _, class_name = str(name).rpartition(".")
+    if module_name.split(".")[0] != "ddpm_lib":
+        raise ValueError(f"the checkpoint holds a {name!r}, which is not a ddpm_lib model")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"the checkpoint holds a {name!r}, a model class this version of ddpm_lib does not have") \
+            from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"the checkpoint names {name!r}, which is not a model class")
+    return cls
+
+
+def load_model(path, device=None, ema: bool = True, expected: type | None = None) -> nn.Module:
+    """Rebuild the model stored in a checkpoint (of :func:`save_model` or a training run), in eval mode.
+
+    Works for every ddpm_lib model: the checkpoint names the class and its config. ``ema=True``
+    loads the exponential moving average of the weights when the file has one (it samples
+    better). ``expected``: a class the model must be, for a clear error when a file holds another.
+    """
     state = load_checkpoint(path)
-    config = state.get("model_config")
-    if not config:
-        raise ValueError(f"{path} does not record the model's configuration, so it cannot rebuild it")
-    model = UNet(**config)
-    weights = state["ema" if ema else "model"]
-    check_state_dict(model, weights, str(path))
+    if "model_class" not in state or not isinstance(state.get("model_config"), dict):
+        raise ValueError(f"{path} does not record its model's class and configuration, so it cannot rebuild it")
+    cls, config = model_class(state["model_class"]), state["model_config"]
+    if expected is not None and not issubclass(cls, expected):
+        raise ValueError(f"{path} holds a {cls.__name__}, not a {expected.__name__}")
+    try:
+        model = cls(**config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {cls.__name__} cannot be built from the recorded config {config}: {err}") from None
+    weights = state["ema" if ema and "ema" in state else "model"]
+    check_state_dict(model, weights, f"{path} ({cls.__name__} with config {config})")
     model.load_state_dict(weights)
     return model.to(device if device is not None else "cpu").eval()

@@ -8,6 +8,8 @@ accepted and used for the whole batch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -62,6 +64,17 @@ def predict_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t, eps: torch.Tensor)
     return (x_t - extract(schedule.sqrt_one_minus_alpha_bars, t, x_t) * eps) / extract(schedule.sqrt_alpha_bars, t, x_t)
 
 
+def predict_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t, x0: torch.Tensor) -> torch.Tensor:
+    """Eq. 4 solved for the noise: eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t).
+
+    The inverse of :func:`predict_x0`: given an estimate of x_0 (a clipped one, say), the noise
+    that, with it, makes up x_t.
+    """
+    t = timesteps_like(t, x_t, schedule.T)
+    signal, noise = extract(schedule.sqrt_alpha_bars, t, x_t), extract(schedule.sqrt_one_minus_alpha_bars, t, x_t)
+    return (x_t - signal * x0) / noise
+
+
 def q_posterior(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t):
     """Mean and variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eqs. 6-7).
 
@@ -91,3 +104,24 @@ def ddpm_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, *, generator: to
         raise ValueError(f"the model returned shape {list(eps_hat.shape)} for input {list(x_t.shape)}; "
                          "an eps-prediction model must return its input's shape")
     return F.mse_loss(eps_hat.float(), eps.float())
+
+
+@dataclass(frozen=True)
+class DDPMLoss:
+    """L_simple as a training objective for :func:`ddpm_lib.train`: ``loss_fn(model, batch, generator)``.
+
+    An objective is any callable of that form returning a scalar (or a dict of scalars whose
+    ``"loss"`` is optimised and the rest logged); this one calls :func:`ddpm_loss` on the batch's
+    images and ignores labels. ``to(device)`` moves the schedule once, not every step.
+    """
+
+    schedule: NoiseSchedule
+
+    def to(self, device) -> "DDPMLoss":
+        return DDPMLoss(self.schedule.to(device))
+
+    def __call__(self, model, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        return ddpm_loss(model, self.schedule, batch.images, generator=generator)
+
+    def __repr__(self) -> str:  # what a checkpoint records to refuse resuming with another objective
+        return f"DDPMLoss(schedule={self.schedule.name!r})"

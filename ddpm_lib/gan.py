@@ -16,16 +16,15 @@ Stabilisers, each a standard remedy for a known failure:
 
 from __future__ import annotations
 
-import copy
+import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
-from tqdm.auto import tqdm
 
-from .data import to_model_range
-from .train import update_ema
+from .ema import make_ema, update_ema
+from .loop import BatchSampler, Recorder, TrainResult, prepare_images, resolve_device
 
 
 class Generator(nn.Module):
@@ -83,63 +82,63 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gan_sample(generator: Generator, n: int, rng: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` images ``[n, C, 28, 28]`` in [-1, 1] from z ~ N(0, I), with G in eval mode."""
-    device = next(generator.parameters()).device
-    was_training = generator.training
-    generator.eval()
-    z = torch.randn(n, generator.latent_dim, generator=rng, device=device)
-    images = generator(z)
-    generator.train(was_training)
+def gan_sample(G: Generator, n: int, generator: torch.Generator | None = None, *,
+               rng: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` images ``[n, C, 28, 28]`` in [-1, 1] from z ~ N(0, I), with G in eval mode.
+
+    ``generator`` draws z (``rng`` is its former name, still accepted).
+    """
+    generator = generator if generator is not None else rng
+    device = next(G.parameters()).device
+    was_training = G.training
+    G.eval()
+    z = torch.randn(n, G.latent_dim, generator=generator, device=device)
+    images = G(z)
+    G.train(was_training)
     return images
 
 
-def train_gan(generator: Generator, discriminator: Discriminator, images: torch.Tensor, *, steps: int,
-              batch_size: int = 128, lr: float = 2e-4, betas=(0.5, 0.999), ema_decay: float = 0.999, device=None,
-              seed: int = 0, log_every: int = 100, progress: bool = True):
-    """Alternate one D step and one G step per iteration; returns ``(history, ema_generator)``.
+def train_gan(G: Generator, D: Discriminator, images: torch.Tensor, *, steps: int, batch_size: int = 128,
+              lr: float = 2e-4, betas=(0.5, 0.999), ema_decay: float = 0.999, device=None, seed: int = 0,
+              log_every: int = 100, progress: bool = True) -> TrainResult:
+    """Alternate one D step and one G step per iteration, on batches drawn with replacement.
 
-    ``history`` holds per-step ``d_loss``, ``g_loss`` and the mean probabilities ``d_real`` = D(x)
-    and ``d_fake`` = D(G(z)) that D assigns to real and generated batches.
+    Returns a :class:`~ddpm_lib.loop.TrainResult` whose ``ema`` is the averaged generator and
+    whose ``history`` holds per-step ``d_loss``, ``g_loss`` and the mean probabilities
+    ``d_real`` = D(x) and ``d_fake`` = D(G(z)) that D assigns to real and generated batches. It
+    unpacks as ``history, ema``.
     """
-    device = torch.device(device) if device is not None else next(generator.parameters()).device
-    data = to_model_range(images) if images.dtype == torch.uint8 else images.float()
-    data = data.to(device)
-    generator.to(device).train()
-    discriminator.to(device).train()
-    ema = copy.deepcopy(generator).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
-    rng = torch.Generator(device=device).manual_seed(seed)
-    history = {"d_loss": [], "g_loss": [], "d_real": [], "d_fake": []}
-    pending = []
-    bar = tqdm(total=steps, disable=not progress, desc="training the GAN", unit="step", mininterval=1.0)
-    B = min(batch_size, len(data))
+    device = resolve_device(device)
+    data = prepare_images(images, G.config["out_channels"]).to(device)
+    G.to(device).train()
+    D.to(device).train()
+    ema = make_ema(G)
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    batches = BatchSampler(data, None, batch_size, sampling="replacement", seed=seed, generator=generator)
+    recorder = Recorder(steps=steps, desc="training the GAN", progress=progress, shown=("d_loss", "g_loss"))
+    clock = time.perf_counter()
     for step in range(steps):
-        real = data[torch.randint(0, len(data), (B,), device=device, generator=rng)]
-        z = torch.randn(B, generator.latent_dim, device=device, generator=rng)
-        fake = generator(z)
+        real = batches(step, device).images
+        z = torch.randn(len(real), G.latent_dim, device=device, generator=generator)
+        fake = G(z)
 
-        real_logits, fake_logits = discriminator(real), discriminator(fake.detach())  # D step: G held fixed
+        real_logits, fake_logits = D(real), D(fake.detach())  # D step: G held fixed
         d_loss = discriminator_loss(real_logits, fake_logits)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
 
-        g_loss = generator_loss(discriminator(fake))  # G step: gradients flow through D into G
+        g_loss = generator_loss(D(fake))  # G step: gradients flow through D into G
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
 
-        update_ema(ema, generator, step, ema_decay)
-        pending.append(torch.stack([d_loss.detach(), g_loss.detach(), torch.sigmoid(real_logits).mean().detach(),
-                                    torch.sigmoid(fake_logits).mean().detach()]))
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            for row in torch.stack(pending).tolist():
-                for key, value in zip(history, row):
-                    history[key].append(value)
-            bar.update(len(pending))
-            bar.set_postfix(d=f"{history['d_loss'][-1]:.2f}", g=f"{history['g_loss'][-1]:.2f}", refresh=False)
-            pending.clear()
-    bar.close()
-    return history, ema
+        update_ema(ema, G, step, ema_decay)
+        recorder.add({"d_loss": d_loss, "g_loss": g_loss, "d_real": torch.sigmoid(real_logits).mean(),
+                      "d_fake": torch.sigmoid(fake_logits).mean()})
+        if (step + 1) % log_every == 0:
+            recorder.flush()
+    recorder.close()
+    return TrainResult(recorder.history, ema, time.perf_counter() - clock)

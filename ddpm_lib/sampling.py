@@ -5,6 +5,11 @@ the noise in x_t. Both samplers run under ``torch.no_grad()``, draw their noise 
 ``x_T``'s dtype (pass a ``torch.Generator`` on that device for reproducible draws), and leave the
 model's train/eval mode alone (call ``model.eval()`` first if it has dropout or batch norm).
 
+Every sampler is the same loop (:func:`run_sampler`) around the same denoising step
+(:func:`denoise`: eps_hat -> x0_hat -> optional clipping -> the eps that goes with it); samplers
+differ only in the timesteps they visit and in their update rule, a function
+``update(x_t, prediction, t, i, i_prev) -> x_prev``.
+
 ``callback(t, x, x0_hat)``, if given, is called after every step with the timestep index ``t`` just
 denoised, the new sample (x_{t-1} in the papers' numbering) and the model's current guess of x_0.
 """
@@ -12,26 +17,60 @@ denoised, the new sample (x_{t-1} in the papers' numbering) and the model's curr
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-from .diffusion import predict_x0, q_posterior
+from .diffusion import predict_eps, predict_x0, q_posterior
 from .schedule import NoiseSchedule
 
 
-def _predict_eps(model, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+class Prediction(NamedTuple):
+    """The network's reading of x_t: the noise in it and the clean image, consistent with each other."""
+
+    eps: torch.Tensor  # eps_hat [B, C, H, W]
+    x0: torch.Tensor  # x0_hat [B, C, H, W]
+
+
+def denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, *, clip_x0: bool = False) -> Prediction:
+    """One network evaluation turned into ``Prediction(eps, x0)``: the step every sampler shares.
+
+    x0_hat comes from eps_hat by eq. 15 of Ho et al. 2020. With ``clip_x0`` it is clipped to the data
+    range [-1, 1], and eps is re-derived from the clipped x0_hat (eq. 4 solved for eps), so that the
+    pair still describes the same x_t.
+    """
     eps = model(x_t, t)
     if eps.shape != x_t.shape:
         raise ValueError(f"the model returned shape {list(eps.shape)} for x_t of shape {list(x_t.shape)}; "
                          "check x_T's channels and size against the model")
-    return eps.to(x_t.dtype)
+    eps = eps.to(x_t.dtype)
+    x0 = predict_x0(schedule, x_t, t, eps)  # Ho et al. 2020, eq. 15
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+        eps = predict_eps(schedule, x_t, t, x0)
+    return Prediction(eps, x0)
 
 
-def _check_x_T(x_T: torch.Tensor) -> None:
+def run_sampler(model, schedule: NoiseSchedule, x_T: torch.Tensor, timesteps: list[int], update, *,
+                clip_x0: bool, callback=None) -> torch.Tensor:
+    """Walk ``timesteps`` (descending indices) from x_T: denoise, then ``update`` to the next index.
+
+    ``update(x_t, prediction, t, i, i_prev)`` returns the sample at index ``i_prev``; ``t`` is ``i``
+    as a long tensor [B], and ``i_prev = -1`` after the last index (the clean image).
+    """
     if not isinstance(x_T, torch.Tensor) or not x_T.dtype.is_floating_point:
         raise TypeError("x_T must be a floating-point tensor of Gaussian noise, e.g. torch.randn(B, C, H, W)")
     if x_T.ndim < 2:
         raise ValueError(f"x_T must be batched, [B, C, H, W] for images; got shape {list(x_T.shape)}")
+    x = x_T
+    for k, i in enumerate(timesteps):
+        i_prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        prediction = denoise(model, schedule, x, t, clip_x0=clip_x0)
+        x = update(x, prediction, t, i, i_prev)
+        if callback is not None:
+            callback(i, x, prediction.x0)
+    return x
 
 
 @torch.no_grad()
@@ -39,30 +78,21 @@ def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, clip_x0: b
                 generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """Ancestral sampling, Ho et al. 2020, Algorithm 2, with sigma_t^2 = beta_tilde_t.
 
-    Each step predicts x0_hat from eps_hat (eq. 15), optionally clips it to the data range [-1, 1],
-    and draws x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat) (eqs. 6-7). Without clipping this
-    is Algorithm 2 exactly: mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_t) is
-    the same number written another way. The last step (index 0) has zero posterior variance, so it
+    Each step predicts x0_hat (eq. 15), optionally clips it to the data range [-1, 1], and draws
+    x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat) (eqs. 6-7). Without clipping this is
+    Algorithm 2 exactly: mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_t) is the
+    same number written another way. The last step (index 0) has zero posterior variance, so it
     returns the mean and draws no noise.
     """
-    _check_x_T(x_T)
-    B = x_T.shape[0]
-    x_t = x_T
-    for i in reversed(range(schedule.T)):
-        t = torch.full((B,), i, device=x_T.device, dtype=torch.long)
-        eps_hat = _predict_eps(model, x_t, t)
-        x0_hat = predict_x0(schedule, x_t, t, eps_hat)  # Ho et al. 2020, eq. 15
-        if clip_x0:
-            x0_hat = x0_hat.clamp(-1.0, 1.0)
-        mean, variance = q_posterior(schedule, x0_hat, x_t, t)  # eqs. 6-7
-        if i > 0:
-            z = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-            x_t = mean + variance.sqrt() * z  # Algorithm 2, line 4
-        else:
-            x_t = mean  # beta_tilde_1 = 0: the final step is deterministic
-        if callback is not None:
-            callback(i, x_t, x0_hat)
-    return x_t
+    def update(x_t, prediction, t, i, i_prev):
+        mean, variance = q_posterior(schedule, prediction.x0, x_t, t)  # eqs. 6-7
+        if i == 0:
+            return mean  # beta_tilde_1 = 0: the final step is deterministic
+        z = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        return mean + variance.sqrt() * z  # Algorithm 2, line 4
+
+    return run_sampler(model, schedule, x_T, list(reversed(range(schedule.T))), update, clip_x0=clip_x0,
+                       callback=callback)
 
 
 def ddim_timesteps(T: int, num_steps: int) -> list[int]:
@@ -90,28 +120,18 @@ def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
     with the posterior variance and gives the same samples as :func:`ddpm_sample` for the same
     generator. After the last step alpha_bar_prev = 1, so the result is x0_hat.
     """
-    _check_x_T(x_T)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    B = x_T.shape[0]
-    steps = ddim_timesteps(schedule.T, num_steps)
     alpha_bars = schedule.alpha_bars.double().tolist()  # scalars in float64, read once
-    x_t = x_T
-    for k, i in enumerate(steps):
-        i_prev = steps[k + 1] if k + 1 < len(steps) else -1
+
+    def update(x_t, prediction, t, i, i_prev):
         ab, ab_prev = alpha_bars[i], (alpha_bars[i_prev] if i_prev >= 0 else 1.0)
-        t = torch.full((B,), i, device=x_T.device, dtype=torch.long)
-        eps_hat = _predict_eps(model, x_t, t)
-        x0_hat = predict_x0(schedule, x_t, t, eps_hat)  # Song et al. 2021, eq. 12, "predicted x_0"
-        if clip_x0:
-            x0_hat = x0_hat.clamp(-1.0, 1.0)
-            # Re-derive eps from the clipped x0_hat so that x0_hat and eps_hat describe the same x_t.
-            eps_hat = (x_t - math.sqrt(ab) * x0_hat) / math.sqrt(1.0 - ab)
         sigma = eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))  # eq. 16
-        direction = math.sqrt(max(1.0 - ab_prev - sigma**2, 0.0)) * eps_hat  # "direction pointing to x_t"
-        x_t = math.sqrt(ab_prev) * x0_hat + direction
+        direction = math.sqrt(max(1.0 - ab_prev - sigma**2, 0.0)) * prediction.eps  # "direction pointing to x_t"
+        x_prev = math.sqrt(ab_prev) * prediction.x0 + direction  # eq. 12
         if eta > 0 and i_prev >= 0:
-            x_t = x_t + sigma * torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-        if callback is not None:
-            callback(i, x_t, x0_hat)
-    return x_t
+            x_prev = x_prev + sigma * torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        return x_prev
+
+    return run_sampler(model, schedule, x_T, ddim_timesteps(schedule.T, num_steps), update, clip_x0=clip_x0,
+                       callback=callback)

@@ -1,105 +1,65 @@
-"""The training loop: Ho et al. 2020, Algorithm 1, with the practical parts a real run needs.
+"""The training loop: Ho et al. 2020, Algorithm 1, for any objective, with what a real run needs.
 
-Adam(W) on L_simple, gradient clipping, an exponential moving average (EMA) of the weights (the
-EMA model is the one to sample from), bf16 autocast on CUDA GPUs, and checkpoints from which a run
-resumes exactly where it stopped. Mixed precision lives here and only here: the model, the loss
-and the samplers are ordinary float32 code.
+The objective is a function ``loss_fn(model, batch, generator) -> loss`` (NVlabs/edm passes its
+loss object into its loop the same way): the DDPM loss by default, the VAE's negative ELBO, and the
+objectives later chapters add all train here. Around it: AdamW, gradient clipping, an exponential
+moving average (EMA) of the weights (the model to sample from), mixed precision where the hardware
+runs it fast, and checkpoints from which a run resumes exactly where it stopped. Mixed precision
+lives here and only here: models, losses and samplers are ordinary float32 code.
 """
 
 from __future__ import annotations
 
-import copy
+import inspect
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .checkpoint import check_state_dict, load_checkpoint, save_checkpoint
-from .data import to_model_range
-from .diffusion import ddpm_loss
+from .checkpoint import check_state_dict, load_checkpoint, model_record, save_checkpoint
+from .diffusion import DDPMLoss
+from .ema import make_ema, update_ema
+from .loop import (BatchSampler, Recorder, TrainResult, amp_dtype, fits_on, prepare_images, prepare_labels,
+                   resolve_device)
 from .schedule import NoiseSchedule
-from .utils import device_name, pick_device
+from .utils import device_name
 
 
-class TrainResult(NamedTuple):
-    losses: list  # the loss of every optimisation step, from step 1
-    ema: nn.Module  # the EMA copy of the model, in eval mode
+def objective_name(loss_fn) -> str:
+    """A stable description of an objective, recorded in checkpoints: its repr, or a function's name."""
+    if inspect.isfunction(loss_fn) or inspect.ismethod(loss_fn):
+        return f"{loss_fn.__module__}.{loss_fn.__qualname__}"
+    return repr(loss_fn)
 
 
-def _prepare_images(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """uint8 [N, H, W] / [N, C, H, W], or float [N, C, H, W] in [-1, 1] -> float32 [N, C, H, W]."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a tensor, got {type(images).__name__}")
-    if images.dtype == torch.uint8:
-        images = to_model_range(images)
-    elif not images.dtype.is_floating_point or images.ndim != 4:
-        raise ValueError(f"images must be uint8 [N, H, W] or float [N, C, H, W], got {images.dtype} {list(images.shape)}")
-    elif images.numel() and (images.min() < -1.001 or images.max() > 1.001):
-        raise ValueError(f"float images must lie in [-1, 1], got [{images.min():.3g}, {images.max():.3g}]; "
-                         "map uint8 images with ddpm_lib.to_model_range")
-    expected = getattr(model, "in_channels", images.shape[1])
-    if images.shape[1] != expected:
-        raise ValueError(f"the model takes {expected} channel(s), the images have {images.shape[1]}")
-    if len(images) == 0:
-        raise ValueError("images is empty")
-    return images.float()
+def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch.Tensor | None = None, *,
+          steps: int, labels=None, loss_fn=None, batch_size: int = 128, lr: float = 2e-4, betas=(0.9, 0.999),
+          ema_decay: float = 0.999, grad_clip: float | None = 1.0, amp="auto", device=None, seed: int = 0,
+          sampling: str = "epochs", checkpoint=None, checkpoint_every: int = 1000, log_every: int = 100,
+          callback=None, progress: bool = True, channels_last: bool = True, compile: bool = False) -> TrainResult:
+    """Optimise ``model`` on ``images`` (and ``labels``, if given) for ``steps`` steps.
 
-
-def _amp_enabled(amp, device: torch.device) -> bool:
-    if amp == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if amp in ("bf16", True):
-        return True
-    if amp in ("off", False, None):
-        return False
-    raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
-
-
-@torch.no_grad()
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, step: int, decay: float) -> None:
-    """ema <- d * ema + (1 - d) * model for all parameters at once (buffers are copied).
-
-    d = min(decay, (1 + step) / (10 + step)): a warm-up, so that early on the average follows the
-    trained weights instead of remembering the random initial ones. Also used by ``train_gan``.
-    """
-    d = min(decay, (1 + step) / (10 + step))
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - d)
-    for e, m in zip(ema.buffers(), model.buffers()):  # e.g. batch-norm running statistics
-        e.copy_(m)
-
-
-def _fits_on(device: torch.device, nbytes: int) -> bool:
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    return nbytes < free // 4  # leave the rest for activations
-
-
-def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, *, steps: int, batch_size: int = 128,
-          lr: float = 2e-4, ema_decay: float = 0.999, grad_clip: float | None = 1.0, amp="auto", device=None,
-          seed: int = 0, checkpoint=None, checkpoint_every: int = 1000, log_every: int = 100, callback=None,
-          progress: bool = True, channels_last: bool = True, compile: bool = False) -> TrainResult:
-    """Train ``model`` to predict noise on ``images`` for ``steps`` optimisation steps.
-
-    - Batches: each epoch visits the images in a fresh random order that depends only on
-      ``(seed, epoch)``; t and eps come from a generator seeded with ``seed``.
-    - EMA: ``decay_k = min(ema_decay, (1 + k) / (10 + k))``, so early in a run the average is not
-      dominated by the random initial weights.
-    - ``amp``: "auto" uses bf16 autocast on CUDA GPUs that support it and nothing elsewhere.
+    - Objective: ``loss_fn(model, batch, generator)``, where ``batch`` is a :class:`~ddpm_lib.loop.Batch`
+      (``.images`` in [-1, 1], ``.labels`` or None) and ``generator`` the run's random generator,
+      returning a scalar, or a dict of scalars whose ``"loss"`` is optimised and the rest logged.
+      Default: ``DDPMLoss(schedule)``, L_simple. Pass a schedule or a loss_fn, not both.
+    - Batches (``sampling``): "epochs" visits the images in a fresh order each epoch; "replacement"
+      draws each batch uniformly (see :class:`~ddpm_lib.loop.BatchSampler`). Everything random
+      comes from ``seed``.
+    - EMA: decay ``min(ema_decay, (1 + k) / (10 + k))`` at step k (:mod:`ddpm_lib.ema`).
+    - ``amp``: "auto" runs the autocast type of :func:`~ddpm_lib.loop.autocast_dtype` (bf16 on
+      recent GPUs, fp16 with a gradient scaler on 7.x GPUs, none elsewhere); "bf16", "fp16" and
+      "off" force a choice.
     - ``checkpoint``: a file path. If it exists, training resumes from it (the run's settings must
       match) and continues exactly as an uninterrupted run would; it is written every
       ``checkpoint_every`` steps and at the end.
     - ``callback(step, ema, losses)`` is called every ``log_every`` steps and after the last one.
     - ``channels_last``: store activations as [B, H, W, C] in memory (the tensors keep their
       [B, C, H, W] shape); convolutions run faster that way, 1.5-1.8x on a CPU for this U-Net.
-    - ``compile``: run the model through ``torch.compile`` (faster steps on a GPU after a
-      compilation that takes a minute or more; the weights and checkpoints are unchanged).
+    - ``compile``: run the model through ``torch.compile`` (the weights and checkpoints are unchanged).
 
-    Returns ``TrainResult(losses, ema)``.
+    Returns a :class:`~ddpm_lib.loop.TrainResult`; ``losses, ema = train(...)`` unpacks it.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -107,27 +67,35 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, *, st
         raise ValueError("batch_size, log_every and checkpoint_every must be positive")
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
-    device = torch.device(device) if device is not None else pick_device()
-    data = _prepare_images(images, model)
-    if _fits_on(device, data.numel() * data.element_size()):
+    if (schedule is None) == (loss_fn is None):
+        raise ValueError("pass a noise schedule (to train on the DDPM loss) or a loss_fn, not both and not neither")
+    if images is None:
+        raise ValueError("train needs images")
+    loss_fn = DDPMLoss(schedule) if loss_fn is None else loss_fn
+    device = resolve_device(device)
+    data = prepare_images(images, getattr(model, "in_channels", None))
+    labels = prepare_labels(labels, len(data))
+    if fits_on(device, data.numel() * data.element_size()):
         data = data.to(device)  # no per-step host-to-device copies
-    N = len(data)
-    batch_size = min(batch_size, N)
-    batches_per_epoch = N // batch_size
+        labels = labels.to(device) if labels is not None else None
 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format).train()
     data = data.contiguous(memory_format=memory_format)
-    schedule = schedule.to(device)
-    use_amp = _amp_enabled(amp, device)
+    loss_fn = loss_fn.to(device) if hasattr(loss_fn, "to") else loss_fn
+    dtype = amp_dtype(amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # fp16 gradients underflow
     net = torch.compile(model) if compile else model  # shares its parameters with model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=device.type == "cuda")
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), weight_decay=0.0,
+                                  fused=device.type == "cuda")
+    ema = make_ema(model)
     generator = torch.Generator(device=device).manual_seed(seed)
-    run = {"batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed,
-           "amp": use_amp, "schedule": schedule.name, "num_images": N}
-    losses: list[float] = []
-    start, seconds_before = 0, 0.0
+    batches = BatchSampler(data, labels, batch_size, sampling=sampling, seed=seed, generator=generator)
+    run = {"objective": objective_name(loss_fn), "batch_size": batches.batch_size, "lr": lr,
+           "betas": list(betas), "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed,
+           "sampling": sampling, "amp": "off" if dtype is None else str(dtype).removeprefix("torch."),
+           "num_images": len(data)}
+    history, start, seconds_before = {}, 0, 0.0
 
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.exists():
@@ -140,53 +108,42 @@ def train(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, *, st
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
         generator.set_state(state["generator"])
-        losses, start, seconds_before = list(state["losses"]), state["step"], state.get("seconds", 0.0)
+        history, start, seconds_before = state["history"], state["step"], state["seconds"]
         if start > steps:
-            raise ValueError(f"{checkpoint} is already {start} steps into training, more than steps={steps}")
+            raise ValueError(f"{checkpoint} is already {start} steps into training, "
+                             f"more than steps={steps}")
 
-    def save(step: int) -> None:
-        save_checkpoint(checkpoint, {
-            "step": step, "losses": losses, "run": run, "generator": generator.get_state(),
-            "seconds": seconds_before + time.perf_counter() - clock, "device": device_name(device),
-            "model_config": getattr(model, "config", None), "model": model.state_dict(),
-            "ema": ema.state_dict(), "optimizer": optimizer.state_dict()})
-
+    recorder = Recorder(steps=steps, start=start, history=history, progress=progress)
     clock = time.perf_counter()  # wall time of training, kept in the checkpoint across resumptions
-    epoch_cached, order = -1, None
-    pending: list[torch.Tensor] = []  # losses still on the device: reading them every step would stall a GPU
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc="training", unit="step",
-               mininterval=1.0, dynamic_ncols=True)
     for step in range(start, steps):
-        epoch, k = divmod(step, batches_per_epoch)
-        if epoch != epoch_cached:  # the order depends on (seed, epoch) only, so a resumed run matches
-            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            order, epoch_cached = torch.randperm(N, generator=g).to(data.device), epoch
-        # [B, C, H, W]; indexing keeps data's memory format, so batches are channels-last already
-        x0 = data[order[k * batch_size:(k + 1) * batch_size]].to(device, non_blocking=True)
-
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = ddpm_loss(net, schedule, x0, generator=generator)  # Ho et al. 2020, Algorithm 1
+        batch = batches(step, device)
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = loss_fn(net, batch, generator)
+        values = out if isinstance(out, dict) else {"loss": out}
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(values["loss"]).backward()
         if grad_clip:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         update_ema(ema, model, step, ema_decay)
-        pending.append(loss.detach())
+        recorder.add(values)
 
         done = step + 1
         logging = done % log_every == 0 or done == steps
         saving = checkpoint is not None and (done % checkpoint_every == 0 or done == steps)
         if logging or saving:
-            new = torch.stack(pending).float().tolist()
-            losses.extend(new)
-            pending.clear()
-            bar.update(len(new))
-            bar.set_postfix(loss=f"{sum(new) / len(new):.4f}", refresh=False)
+            recorder.flush()
         if saving:
-            save(done)
+            save_checkpoint(checkpoint, {
+                "step": done, "history": recorder.history, "run": run, "generator": generator.get_state(),
+                "seconds": seconds_before + time.perf_counter() - clock, "device": device_name(device),
+                **model_record(model), "model": model.state_dict(), "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()})
         if logging and callback is not None:
-            callback(done, ema, losses)
-    bar.close()
-    return TrainResult(losses, ema)
+            callback(done, ema, recorder.history.get("loss", []))
+    recorder.close()
+    return TrainResult(recorder.history, ema, seconds_before + time.perf_counter() - clock)

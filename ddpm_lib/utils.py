@@ -1,12 +1,9 @@
-"""Small helpers every chapter needs: choosing a device, seeding, naming the hardware."""
+"""Small helpers: choosing a device, seeding every generator, naming the hardware."""
 
 from __future__ import annotations
 
-import os
 import platform
 import random
-import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,34 +36,3 @@ def device_name(device=None) -> str:
     if device.type == "mps":
         return "Apple MPS"
     return f"CPU ({torch.get_num_threads()} threads, {platform.machine() or 'unknown'})"
-
-
-def smoke_mode() -> bool:
-    """True when ``DDPM_BOOK_SMOKE=1``: the chapters shrink their sizes to run in seconds (tests, CI)."""
-    return os.environ.get("DDPM_BOOK_SMOKE", "0") not in ("", "0", "false", "False")
-
-
-@dataclass
-class Chapter:
-    """What a chapter needs to know about where it runs; see :func:`start_chapter`."""
-
-    device: torch.device
-    smoke: bool
-    started: float
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def summary(self) -> str:
-        minutes, seconds = divmod(self.elapsed(), 60)
-        mode = "smoke mode (reduced sizes)" if self.smoke else "full configuration"
-        return f"This chapter ran in {int(minutes)} min {seconds:.0f} s on {device_name(self.device)}, {mode}."
-
-
-def start_chapter(seed: int = 0) -> Chapter:
-    """Seed everything, pick the device, start the clock and print where the chapter runs."""
-    seed_everything(seed)
-    chapter = Chapter(device=pick_device(), smoke=smoke_mode(), started=time.perf_counter())
-    mode = "smoke (reduced sizes, DDPM_BOOK_SMOKE=1)" if chapter.smoke else "full"
-    print(f"device: {device_name(chapter.device)} | PyTorch {torch.__version__} | mode: {mode}")
-    return chapter

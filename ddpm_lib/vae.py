@@ -10,12 +10,13 @@ Images enter and leave in the model range [-1, 1], like everywhere else in ddpm_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .data import to_model_range
+from .train import train
 
 
 class VAE(nn.Module):
@@ -84,33 +85,31 @@ def vae_sample(vae: VAE, n: int, generator: torch.Generator | None = None) -> to
     return vae.decode(z)
 
 
+@dataclass(frozen=True)
+class VAELoss:
+    """The negative ELBO as an objective for :func:`ddpm_lib.train`: ``loss_fn(model, batch, generator)``.
+
+    Optimises ``loss`` and logs its two terms, ``reconstruction`` and ``kl``; ``generator`` draws
+    the reparameterisation noise. ``beta`` weights the KL term (beta = 1: the ELBO).
+    """
+
+    beta: float = 1.0
+
+    def __call__(self, model: VAE, batch, generator: torch.Generator | None = None) -> dict:
+        logits, mu, logvar = model(batch.images, generator=generator)
+        loss, reconstruction, kl = vae_loss(logits, batch.images, mu, logvar, self.beta)
+        return {"loss": loss, "reconstruction": reconstruction, "kl": kl}
+
+
 def train_vae(vae: VAE, images: torch.Tensor, *, steps: int, batch_size: int = 128, lr: float = 1e-3,
               beta: float = 1.0, device=None, seed: int = 0, log_every: int = 100, progress: bool = True) -> dict:
-    """Maximise the ELBO with Adam; returns the per-step history ``{"loss", "reconstruction", "kl"}``."""
-    device = torch.device(device) if device is not None else next(vae.parameters()).device
-    data = to_model_range(images) if images.dtype == torch.uint8 else images.float()
-    data = data.to(device)
-    vae.to(device).train()
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    history = {"loss": [], "reconstruction": [], "kl": []}
-    pending = []
-    bar = tqdm(total=steps, disable=not progress, desc="training the VAE", unit="step", mininterval=1.0)
-    for step in range(steps):
-        idx = torch.randint(0, len(data), (min(batch_size, len(data)),), device=device, generator=generator)
-        x = data[idx]
-        logits, mu, logvar = vae(x, generator=generator)
-        loss, rec, kl = vae_loss(logits, x, mu, logvar, beta)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        pending.append(torch.stack([loss, rec, kl]).detach())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            for row in torch.stack(pending).tolist():
-                for key, value in zip(history, row):
-                    history[key].append(value)
-            bar.update(len(pending))
-            bar.set_postfix(loss=f"{history['loss'][-1]:.1f}", refresh=False)
-            pending.clear()
-    bar.close()
-    return history
+    """The VAE's settings on the shared loop; returns the per-step ``{"loss", "reconstruction", "kl"}``.
+
+    The same as ``train(vae, images=images, loss_fn=VAELoss(beta), ...)`` with plain Adam (no
+    gradient clipping) and batches drawn with replacement; that call returns the full
+    :class:`~ddpm_lib.loop.TrainResult`.
+    """
+    result = train(vae, images=images, loss_fn=VAELoss(beta), steps=steps, batch_size=batch_size, lr=lr,
+                   grad_clip=None, amp="off", device=device, seed=seed, sampling="replacement",
+                   log_every=log_every, progress=progress, channels_last=False)
+    return result.history

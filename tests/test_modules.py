@@ -42,26 +42,27 @@ def test_sinusoidal_embedding_rejects_odd_dims_and_bad_shapes():
         SinusoidalEmbedding(8)(torch.zeros(2, 1))
 
 
-@pytest.mark.parametrize("in_ch,out_ch", [(8, 8), (8, 16), (16, 4)])
-def test_convnext_block_shapes_and_time_injection(in_ch, out_ch):
+@pytest.mark.parametrize("in_channels,out_channels", [(8, 8), (8, 16), (16, 4)])
+def test_convnext_block_shapes_and_time_injection(in_channels, out_channels):
     torch.manual_seed(0)
-    block = ConvNeXtBlock(in_ch, out_ch, time_dim=12)
-    x = torch.randn(3, in_ch, 10, 6)
+    block = ConvNeXtBlock(in_channels, out_channels, time_dim=12)
+    x = torch.randn(3, in_channels, 10, 6)
     t1, t2 = torch.randn(3, 12), torch.randn(3, 12)
     y = block(x, t1)
-    assert y.shape == (3, out_ch, 10, 6)
+    assert y.shape == (3, out_channels, 10, 6)
     assert not torch.allclose(y, block(x, t2))  # the time embedding reaches the output
     with pytest.raises(ValueError, match="time embedding"):
         block(x)
-    with pytest.raises(ValueError, match=f"expects {in_ch} input channels"):
-        block(torch.randn(3, in_ch + 1, 10, 6), t1)
-    assert ConvNeXtBlock(in_ch, out_ch)(x).shape == (3, out_ch, 10, 6)  # no time_dim, no embedding needed
+    with pytest.raises(ValueError, match=f"expects {in_channels} input channels"):
+        block(torch.randn(3, in_channels + 1, 10, 6), t1)
+    assert ConvNeXtBlock(in_channels, out_channels)(x).shape == (3, out_channels, 10, 6)  # no time_dim, no embedding needed
 
 
 def test_downsample_halves_the_size_and_keeps_every_pixel():
     # Space-to-depth moves each 2x2 patch into the channels, [B, C, H, W] -> [B, 4C, H/2, W/2].
     # With the 1x1 conv set to the identity the output must hold exactly the four phases
-    # x[..., p1::2, p2::2] of the input: nothing lost, nothing upsampled (the seed's bug doubled H, W).
+    # x[..., p1::2, p2::2] of the input: nothing lost, and H and W halved, not doubled (the inverse
+    # einops pattern, depth-to-space, would double them).
     down = Downsample(3, 12)
     with torch.no_grad():
         down.proj.weight.copy_(torch.eye(12).view(12, 12, 1, 1))

@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from ddpm_lib import UNet, cosine_schedule, ddim_sample, ddim_timesteps, ddpm_sample, linear_schedule
+from ddpm_lib import (
+    UNet,
+    cosine_schedule,
+    ddim_sample,
+    ddim_timesteps,
+    ddpm_sample,
+    denoise,
+    linear_schedule,
+    run_sampler,
+)
 
 
 def test_ddim_timesteps_cover_the_chain_evenly():
@@ -72,3 +81,38 @@ def test_gaussian_denoiser_is_the_conditional_mean_of_the_noise():
         probe = torch.tensor([0.0, 1.0], dtype=torch.float64).view(2, 1, 1, 1)
         pred = model(probe, torch.full((2,), t)).flatten()
         torch.testing.assert_close(torch.stack([pred[1] - pred[0], pred[0]]), fitted, rtol=0, atol=0.028)
+
+
+def test_denoise_clips_x0_and_returns_the_noise_that_goes_with_it():
+    # Whatever the clipping, x_t = sqrt(ab) x0_hat + sqrt(1 - ab) eps_hat must still hold (eq. 4).
+    schedule = cosine_schedule(T=50)
+    x_t = 3 * torch.randn(4, 1, 6, 6, dtype=torch.float64)
+    t = torch.tensor([0, 10, 30, 49])
+    wild = lambda x, t: 5 * torch.ones_like(x)  # noqa: E731  an eps that sends x0_hat far out of range
+    raw, clipped = denoise(wild, schedule, x_t, t), denoise(wild, schedule, x_t, t, clip_x0=True)
+    assert torch.equal(raw.eps, 5 * torch.ones_like(x_t)) and raw.x0.abs().max() > 1
+    assert clipped.x0.abs().max() <= 1
+    # The schedule's own (float32-stored) coefficients, the ones denoise uses, so float64 rounding only.
+    a, b = (v.double()[t].view(-1, 1, 1, 1) for v in (schedule.sqrt_alpha_bars, schedule.sqrt_one_minus_alpha_bars))
+    for p in (raw, clipped):
+        torch.testing.assert_close(a * p.x0 + b * p.eps, x_t)
+    with pytest.raises(ValueError, match="returned shape"):
+        denoise(lambda x, t: x[:, :, :3], schedule, x_t, t)
+
+
+def test_a_new_update_rule_plugs_into_the_shared_sampler_loop():
+    # A sampler is a list of timesteps and an update rule; here "jump straight to x0_hat" visits
+    # the given indices in order, and its result is the last x0_hat.
+    schedule = cosine_schedule(T=30)
+    visits = []
+
+    def jump_to_x0(x_t, prediction, t, i, i_prev):
+        visits.append((i, i_prev, t.tolist()))
+        return prediction.x0
+
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731  eps_hat = 0: x0_hat = x_t / sqrt(ab)
+    x_T = torch.randn(2, 1, 4, 4)
+    x = run_sampler(model, schedule, x_T, [29, 12, 0], jump_to_x0, clip_x0=False)
+    assert visits == [(29, 12, [29, 29]), (12, 0, [12, 12]), (0, -1, [0, 0])]
+    scale = schedule.sqrt_alpha_bars[[29, 12, 0]].prod()
+    torch.testing.assert_close(x, x_T / scale)

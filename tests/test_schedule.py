@@ -25,8 +25,8 @@ def test_cosine_schedule_follows_eq_17(T):
 
 
 def test_cosine_schedule_starts_gently():
-    # The source tutorial returned f(t) itself as the betas; f(0) ~ 1 so its very first step would
-    # wipe out the image (beta_1 ~ 1). Eq. 17 gives beta_1 = 1 - f(1)/f(0), about
+    # Guards the betas being derived from ratios of alpha_bar: used as betas, the values f(t) would
+    # start at f(0) ~ 1, and the first step would wipe out the image (beta_1 ~ 1). Eq. 17 gives beta_1 = 1 - f(1)/f(0), about
     # (a1^2 - a0^2) with a_t = (t/T + s)/(1 + s) * pi/2 for small angles: ~4e-5 for T = 1000.
     sched = cosine_schedule(T=1000)
     a0, a1 = 0.008 / 1.008 * math.pi / 2, (0.001 + 0.008) / 1.008 * math.pi / 2

@@ -1,16 +1,8 @@
 import pytest
 import torch
+from toy_data import squares as tiny_images
 
 from ddpm_lib import UNet, cosine_schedule, ddim_sample, load_checkpoint, load_model, train
-
-
-def tiny_images(n=32, size=8):
-    """A toy dataset with structure a network can learn: bright squares at random places."""
-    g = torch.Generator().manual_seed(0)
-    images = torch.zeros(n, size, size, dtype=torch.uint8)
-    for i, (r, c) in enumerate(torch.randint(0, size - 3, (n, 2), generator=g).tolist()):
-        images[i, r:r + 3, c:c + 3] = 255
-    return images
 
 
 def tiny_unet(seed=0):

@@ -2,21 +2,10 @@ import math
 
 import pytest
 import torch
+from toy_data import bars as toy_digits
 
 from ddpm_lib.gan import Discriminator, Generator, discriminator_loss, gan_sample, generator_loss, train_gan
 from ddpm_lib.vae import VAE, train_vae, vae_loss, vae_sample
-
-
-def toy_digits(n=64):
-    """Bright vertical and horizontal bars on black: something small networks can learn quickly."""
-    images = torch.zeros(n, 28, 28, dtype=torch.uint8)
-    g = torch.Generator().manual_seed(0)
-    for i, pos in enumerate(torch.randint(4, 24, (n,), generator=g).tolist()):
-        if i % 2:
-            images[i, :, pos - 2:pos + 2] = 255
-        else:
-            images[i, pos - 2:pos + 2, :] = 255
-    return images
 
 
 def test_vae_shapes_and_input_check():

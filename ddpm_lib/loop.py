@@ -1,0 +1,189 @@
+"""The parts every training loop shares: data checks, batches, mixed precision, logging, the result.
+
+:func:`ddpm_lib.train` (one objective: DDPM, VAE, and the objectives still to come) and
+:func:`ddpm_lib.gan.train_gan` (two players) are built from these, so they choose devices, check
+their images, draw batches, log and report in the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import to_model_range
+from .utils import pick_device
+
+
+class Batch(NamedTuple):
+    """One training batch: ``images`` float ``[B, C, H, W]`` in [-1, 1]; ``labels`` long ``[B]`` or None."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+
+
+@dataclass
+class TrainResult:
+    """What a training run returns.
+
+    ``history`` maps each logged quantity to its value at every optimisation step (``"loss"`` is the
+    objective optimised); ``ema`` is the exponential moving average of the weights, the model to
+    sample from; ``seconds`` the wall time of training. For convenience it unpacks as a pair,
+    ``losses, ema = train(...)``; a GAN run, which has two losses and no single one, unpacks as
+    ``history, ema``.
+    """
+
+    history: dict
+    ema: nn.Module
+    seconds: float
+
+    @property
+    def losses(self) -> list:
+        if "loss" not in self.history:
+            raise AttributeError(f"this run optimised several losses, {sorted(self.history)}: read them from history")
+        return self.history["loss"]
+
+    def __iter__(self):
+        yield self.history["loss"] if "loss" in self.history else self.history
+        yield self.ema
+
+
+def resolve_device(device=None) -> torch.device:
+    """``device`` as a ``torch.device``; None picks the best available (:func:`ddpm_lib.pick_device`)."""
+    return torch.device(device) if device is not None else pick_device()
+
+
+def prepare_images(images, channels: int | None = None) -> torch.Tensor:
+    """uint8 ``[N, H, W]`` / ``[N, C, H, W]``, or float ``[N, C, H, W]`` in [-1, 1] -> float32 ``[N, C, H, W]``."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a tensor, got {type(images).__name__}")
+    if images.dtype == torch.uint8:
+        images = to_model_range(images)
+    elif not images.dtype.is_floating_point or images.ndim != 4:
+        raise ValueError("images must be uint8 [N, H, W] or float [N, C, H, W], "
+                         f"got {images.dtype} {list(images.shape)}")
+    elif images.numel() and (images.min() < -1.001 or images.max() > 1.001):
+        raise ValueError(f"float images must lie in [-1, 1], got [{images.min():.3g}, {images.max():.3g}]; "
+                         "map uint8 images with ddpm_lib.to_model_range")
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(f"the model takes {channels} channel(s), the images have {images.shape[1]}")
+    if len(images) == 0:
+        raise ValueError("images is empty")
+    return images.float()
+
+
+def prepare_labels(labels, n: int) -> torch.Tensor | None:
+    """None, or integer class labels ``[N]`` (one per image) as a long tensor."""
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.shape != (n,):
+        raise ValueError(f"labels must be integers of shape [N] = [{n}], got {labels.dtype} {list(labels.shape)}")
+    return labels.long()
+
+
+def fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether a data set of ``nbytes`` can live on ``device`` and leave room for the activations."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes < free // 4
+
+
+class BatchSampler:
+    """The batch for each optimisation step, reproducible from the run's seed alone.
+
+    ``sampling="epochs"``: each epoch visits every image once, in an order that depends only on
+    ``(seed, epoch)``, so a resumed run sees the same batches as an uninterrupted one.
+    ``sampling="replacement"``: each batch is drawn uniformly with replacement from ``generator``.
+    """
+
+    def __init__(self, images, labels, batch_size: int, *, sampling: str, seed: int, generator: torch.Generator):
+        if sampling not in ("epochs", "replacement"):
+            raise ValueError(f"sampling must be 'epochs' or 'replacement', got {sampling!r}")
+        self.images, self.labels, self.sampling = images, labels, sampling
+        self.seed, self.generator = seed, generator
+        self.batch_size = min(batch_size, len(images))
+        self.per_epoch = len(images) // self.batch_size
+        self._epoch, self._order = -1, None
+
+    def indices(self, step: int) -> torch.Tensor:
+        N, B = len(self.images), self.batch_size
+        if self.sampling == "replacement":
+            idx = torch.randint(0, N, (B,), device=self.generator.device, generator=self.generator)
+            return idx.to(self.images.device)
+        epoch, k = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order, self._epoch = torch.randperm(N, generator=g).to(self.images.device), epoch
+        return self._order[k * B:(k + 1) * B]
+
+    def __call__(self, step: int, device: torch.device) -> Batch:
+        idx = self.indices(step)
+        # Indexing keeps the images' memory format, so channels-last data gives channels-last batches.
+        images = self.images[idx].to(device, non_blocking=True)  # [B, C, H, W]
+        labels = self.labels[idx.to(self.labels.device)].to(device) if self.labels is not None else None
+        return Batch(images, labels)
+
+
+def autocast_dtype(device) -> torch.dtype | None:
+    """The mixed-precision type the hardware runs fast, or None for plain float32.
+
+    bfloat16 on CUDA GPUs of compute capability 8.0 or more (Ampere, Hopper, ...); float16 on 7.x
+    (Volta, Turing: the T4), whose tensor cores run fp16, and whose bf16 is only emulated, with no
+    cuDNN bf16 convolutions; None on older GPUs, on CPUs and on Apple's MPS.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16 if major == 7 else None
+
+
+def amp_dtype(amp, device: torch.device) -> torch.dtype | None:
+    """Resolve ``amp`` ("auto", "bf16", "fp16" or "off") to an autocast dtype, None meaning off."""
+    choices = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+    if amp not in choices:
+        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
+    return autocast_dtype(device) if amp == "auto" else choices[amp]
+
+
+class Recorder:
+    """Per-step values kept on the device and read back only every few steps, with a progress bar.
+
+    Reading a GPU tensor makes the host wait for the GPU, so values are stacked where they are and
+    fetched together in :meth:`flush`, which appends them to ``history`` and updates the bar.
+    """
+
+    def __init__(self, *, steps: int, start: int = 0, history: dict | None = None, desc: str = "training",
+                 progress: bool = True, shown=("loss",)):
+        self.history = {k: list(v) for k, v in (history or {}).items()}
+        self.shown = shown
+        self._names: list[str] | None = None
+        self._pending: list[torch.Tensor] = []
+        self.bar = tqdm(total=steps, initial=start, disable=not progress, desc=desc, unit="step",
+                        mininterval=1.0, dynamic_ncols=True)
+
+    def add(self, values: dict) -> None:
+        """Record one step's scalars, e.g. ``{"loss": loss, "kl": kl}``."""
+        if self._names is None:
+            self._names = list(values)
+        self._pending.append(torch.stack([values[k].detach().float() for k in self._names]))
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        rows = torch.stack(self._pending).tolist()  # [steps, quantities], one device-to-host copy
+        self._pending.clear()
+        for j, name in enumerate(self._names):
+            self.history.setdefault(name, []).extend(row[j] for row in rows)
+        means = {k: sum(r[self._names.index(k)] for r in rows) / len(rows) for k in self.shown if k in self._names}
+        self.bar.update(len(rows))
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
+
+    def close(self) -> None:
+        self.flush()
+        self.bar.close()

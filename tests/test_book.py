@@ -1,0 +1,94 @@
+"""The chapters' helpers (ddpm_lib.book) and the rule that the core library never needs them."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import ddpm_lib as dl
+from ddpm_lib import book
+from ddpm_lib.vae import VAE
+
+PACKAGE = Path(dl.__file__).parent
+CORE = ["schedule", "diffusion", "sampling", "analytic", "embedding", "blocks", "unet", "train", "loop", "ema",
+        "checkpoint", "data", "metrics", "vae", "gan", "plotting", "utils"]
+
+
+def imported_modules(name):
+    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.add(node.module or "")
+            found.update(alias.name for alias in node.names if node.module is None)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ddpm_lib"):
+            found.add(node.module.removeprefix("ddpm_lib").lstrip("."))
+    return found
+
+
+def test_the_core_imports_nothing_from_the_book_helpers_and_the_gan_no_trainer():
+    assert sorted(CORE + ["book", "__init__"]) == sorted(p.stem for p in PACKAGE.glob("*.py"))
+    for name in CORE:
+        assert "book" not in imported_modules(name), name
+    assert "train" not in imported_modules("gan")  # the GAN needs the shared helpers, not the DDPM loop
+
+
+def test_every_module_reads_in_one_sitting():
+    for path in PACKAGE.glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 250, path.name
+
+
+def test_smoke_mode_reads_the_environment(monkeypatch):
+    for value, expected in (("1", True), ("true", True), ("0", False), ("", False), ("False", False)):
+        monkeypatch.setenv("DDPM_BOOK_SMOKE", value)
+        assert book.smoke_mode() is expected
+    monkeypatch.delenv("DDPM_BOOK_SMOKE")
+    assert book.smoke_mode() is False
+
+
+def test_start_chapter_seeds_and_reports_where_it_runs(capsys, monkeypatch):
+    monkeypatch.setenv("DDPM_BOOK_SMOKE", "1")
+    chapter = dl.start_chapter(seed=7)
+    first = torch.rand(3)
+    dl.start_chapter(seed=7)
+    assert torch.equal(torch.rand(3), first)
+    out = capsys.readouterr().out
+    assert "device: " in out and "mode: smoke" in out
+    assert chapter.smoke and chapter.summary().startswith("This chapter ran in 0 min")
+
+
+def test_timed_returns_the_result_and_a_duration():
+    out, seconds = book.timed(lambda: sum(range(10_000)), device="cpu")
+    assert out == sum(range(10_000)) and 0 <= seconds < 5
+
+
+def test_in_batches_covers_every_item_once_in_order():
+    calls = []
+
+    def numbers(n, start):
+        calls.append((n, start))
+        return torch.arange(start, start + n)
+
+    assert torch.equal(book.in_batches(numbers, 1001, batch_size=300), torch.arange(1001))
+    assert calls == [(300, 0), (300, 300), (300, 600), (101, 900)]
+    with pytest.raises(ValueError, match="positive"):
+        book.in_batches(numbers, 0)
+
+
+def test_load_or_train_trains_once_then_loads(tmp_path):
+    path = tmp_path / "vae.pt"
+    runs = []
+
+    def train_fn():
+        runs.append(1)
+        torch.manual_seed(0)
+        return VAE(latent_dim=2, width=4)
+
+    trained, info = book.load_or_train(path, train_fn, device="cpu")
+    assert info["source"] == "trained here" and info["seconds"] >= 0 and path.exists()
+    loaded, info2 = book.load_or_train(path, train_fn, device="cpu")
+    assert runs == [1] and info2["source"] == f"loaded from {path}" and info2["seconds"] == info["seconds"]
+    assert not loaded.training and isinstance(loaded, VAE)
+    for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)

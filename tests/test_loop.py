@@ -1,0 +1,148 @@
+"""The shared training machinery: objectives, labels, batches, mixed precision, EMA, the result."""
+
+import math
+from unittest import mock
+
+import pytest
+import torch
+from torch import nn
+from toy_data import squares
+
+import ddpm_lib as dl
+from ddpm_lib.ema import ema_decay
+from ddpm_lib.loop import BatchSampler, Recorder, amp_dtype
+
+
+class Affine(nn.Module):
+    """y = a x + b per image: a model small enough to check what a loop does to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Parameter(torch.zeros(())), nn.Parameter(torch.zeros(()))
+        self.config = {}
+
+    def forward(self, x):
+        return self.a * x + self.b
+
+
+def labelled_images(n=40):
+    # Image k is filled with the value of its label, mapped to [-1, 1]: a batch's images and labels
+    # can then be checked against each other.
+    labels = torch.arange(n) % 10
+    images = (labels.float() / 9 * 2 - 1).view(n, 1, 1, 1).expand(n, 1, 4, 4).clone()
+    return images, labels
+
+
+def test_train_optimises_any_objective_with_labels_and_logs_every_quantity():
+    # Objective: regress the label (as a number) on the image's mean with y = a x + b. The exact
+    # least-squares fit is a = 4.5, b = 4.5, since label = 4.5 (x + 1); Adam gets close.
+    images, labels = labelled_images()
+    seen = []
+
+    def regression(model, batch, generator):
+        x = batch.images.mean(dim=(1, 2, 3))
+        assert torch.equal(((x + 1) * 4.5).round().long(), batch.labels)  # the pairs stay together
+        seen.append(len(batch.labels))
+        error = model(x) - batch.labels.float()
+        return {"loss": error.pow(2).mean(), "abs_error": error.abs().mean()}
+
+    model = Affine()
+    result = dl.train(model, images=images, labels=labels, loss_fn=regression, steps=600, batch_size=8, lr=0.05,
+                      grad_clip=None, device="cpu", progress=False, channels_last=False)
+    assert seen == [8] * 600
+    assert set(result.history) == {"loss", "abs_error"} and len(result.history["abs_error"]) == 600
+    assert result.losses[-1] < 0.01 * result.losses[0]
+    assert model.a.item() == pytest.approx(4.5, abs=0.05) and model.b.item() == pytest.approx(4.5, abs=0.05)
+    losses, ema = result  # the pair a caller unpacks
+    assert losses is result.history["loss"] and ema is result.ema and result.seconds > 0
+
+
+def test_train_checks_its_arguments():
+    images, labels = labelled_images(8)
+    schedule = dl.cosine_schedule(10)
+    model = dl.UNet(1, 8, (1, 2))
+    with pytest.raises(ValueError, match="not both"):
+        dl.train(model, schedule, images, loss_fn=dl.DDPMLoss(schedule), steps=1, device="cpu")
+    with pytest.raises(ValueError, match="not both and not neither"):
+        dl.train(model, images=images, steps=1, device="cpu")
+    with pytest.raises(ValueError, match=r"labels must be integers of shape \[N\] = \[8\]"):
+        dl.train(model, schedule, images, labels=labels[:5], steps=1, device="cpu")
+    with pytest.raises(ValueError, match="labels must be integers"):
+        dl.train(model, schedule, images, labels=labels.float(), steps=1, device="cpu")
+    with pytest.raises(ValueError, match="sampling"):
+        dl.train(model, schedule, images, steps=1, device="cpu", sampling="stratified", progress=False)
+
+
+def test_epoch_batches_visit_every_image_once_and_draws_follow_the_generator():
+    images = torch.arange(10.0).view(10, 1, 1, 1)
+    epochs = BatchSampler(images, None, 5, sampling="epochs", seed=0, generator=torch.Generator())
+    first = torch.cat([epochs(k, torch.device("cpu")).images.flatten() for k in (0, 1)])
+    assert sorted(first.tolist()) == list(range(10))  # one epoch: each image exactly once
+    again = BatchSampler(images, None, 5, sampling="epochs", seed=0, generator=torch.Generator())
+    assert torch.equal(again(1, torch.device("cpu")).images, epochs(1, torch.device("cpu")).images)
+
+    draws = BatchSampler(images, None, 4, sampling="replacement", seed=0, generator=torch.Generator().manual_seed(5))
+    expected = torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(5)).float()
+    assert torch.equal(draws(0, torch.device("cpu")).images.flatten(), expected)
+
+
+def test_autocast_dtype_follows_the_compute_capability():
+    assert dl.autocast_dtype("cpu") is None
+    assert dl.autocast_dtype("mps") is None
+    expected = {(9, 0): torch.bfloat16, (8, 0): torch.bfloat16, (7, 5): torch.float16, (7, 0): torch.float16,
+                (6, 1): None}
+    for capability, dtype in expected.items():
+        with mock.patch("torch.cuda.get_device_capability", return_value=capability):
+            assert dl.autocast_dtype("cuda") == dtype, capability
+            assert amp_dtype("auto", torch.device("cuda")) == dtype
+            assert amp_dtype("fp16", torch.device("cuda")) == torch.float16
+            assert amp_dtype("off", torch.device("cuda")) is None
+    with pytest.raises(ValueError, match="amp must be"):
+        amp_dtype("fp8", torch.device("cpu"))
+
+
+def test_fp16_autocast_with_a_gradient_scaler_trains_on_the_cpu(tmp_path):
+    images = squares(16)
+    torch.manual_seed(0)
+    path = tmp_path / "fp16.pt"
+    losses, _ = dl.train(dl.UNet(1, 8, (1, 2)), dl.cosine_schedule(100), images, steps=60, batch_size=16, lr=3e-3,
+                         amp="fp16", device="cpu", checkpoint=path, progress=False)
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+    state = dl.load_checkpoint(path)
+    assert state["run"]["amp"] == "float16" and state["scaler"]["scale"] > 0  # the scaler resumes too
+
+
+def test_ema_warm_up_follows_tensorflows_rule_and_buffers_are_copied():
+    # d_k = min(decay, (1 + k) / (10 + k)): 0.1 at k = 0, 0.5 at k = 8, the decay once k is large.
+    assert ema_decay(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay(8, 0.999) == pytest.approx(0.5)
+    assert ema_decay(10**6, 0.999) == 0.999
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        ema_decay(0, 1.0)
+    model = nn.BatchNorm1d(2)
+    ema = dl.make_ema(model)
+    assert not ema.training and not any(p.requires_grad for p in ema.parameters())
+    with torch.no_grad():
+        model.weight.fill_(3.0)  # initial weight 1
+        model.running_mean.fill_(7.0)
+    dl.update_ema(ema, model, step=0, decay=0.999)
+    assert torch.allclose(ema.weight, torch.full((2,), 0.1 * 1 + 0.9 * 3))
+    assert torch.equal(ema.running_mean, model.running_mean)
+
+
+def test_recorder_reads_values_back_only_when_flushed():
+    recorder = Recorder(steps=3, progress=False)
+    for v in (1.0, 2.0, 4.0):
+        recorder.add({"loss": torch.tensor(v), "kl": torch.tensor(-v)})
+    assert recorder.history == {}
+    recorder.close()
+    assert recorder.history == {"loss": [1.0, 2.0, 4.0], "kl": [-1.0, -2.0, -4.0]}
+
+
+def test_a_gan_result_has_no_single_loss():
+    result = dl.TrainResult({"d_loss": [1.0], "g_loss": [2.0]}, nn.Identity(), 0.0)
+    history, _ = result
+    assert history == result.history
+    with pytest.raises(AttributeError, match="several losses"):
+        result.losses
