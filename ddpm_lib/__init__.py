@@ -8,8 +8,9 @@ The public API, by concept:
   run_sampler; GaussianDenoiser, the exact eps for Gaussian data
 - network:  SinusoidalEmbedding, ConvNeXtBlock, Downsample, Upsample, UNet
 - training:  train (any objective), TrainResult, Batch, autocast_dtype, make_ema, update_ema
-- checkpoints:  save_checkpoint, load_checkpoint, save_model, load_model
-- data:  load_mnist, load_fashion_mnist, to_model_range, from_model_range, DatasetError
+- checkpoints and published weights:  save_checkpoint, load_checkpoint, save_model, load_model,
+  pretrained (a chapter's published model by name), save_weights, load_weights (safetensors)
+- data:  load_mnist, load_fashion_mnist, held_out_split, to_model_range, from_model_range, DatasetError
 - figures:  image_grid, show_images, animate_grids
 - utilities:  pick_device, seed_everything, device_name
 
@@ -26,9 +27,10 @@ from .analytic import GaussianDenoiser
 from .blocks import ConvNeXtBlock, Downsample, Upsample
 from .book import Chapter, animation_html, smoke_mode, start_chapter
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
-from .data import DatasetError, from_model_range, load_fashion_mnist, load_mnist, to_model_range
+from .data import DatasetError, from_model_range, held_out_split, load_fashion_mnist, load_mnist, to_model_range
 from .diffusion import DDPMLoss, ddpm_loss, predict_eps, predict_x0, q_posterior, q_sample
 from .ema import make_ema, update_ema
+from .hub import load_weights, pretrained, save_weights
 from .embedding import SinusoidalEmbedding
 from .loop import Batch, TrainResult, autocast_dtype
 from .plotting import animate_grids, image_grid, show_images
@@ -47,8 +49,8 @@ __all__ = [
     "ddpm_sample", "ddim_sample", "ddim_timesteps", "denoise", "Prediction", "run_sampler", "GaussianDenoiser",
     "SinusoidalEmbedding", "ConvNeXtBlock", "Downsample", "Upsample", "UNet",
     "train", "TrainResult", "Batch", "autocast_dtype", "make_ema", "update_ema",
-    "save_checkpoint", "load_checkpoint", "save_model", "load_model",
-    "load_mnist", "load_fashion_mnist", "to_model_range", "from_model_range", "DatasetError",
+    "save_checkpoint", "load_checkpoint", "save_model", "load_model", "pretrained", "save_weights", "load_weights",
+    "load_mnist", "load_fashion_mnist", "held_out_split", "to_model_range", "from_model_range", "DatasetError",
     "image_grid", "show_images", "animate_grids", "animation_html",
     "pick_device", "seed_everything", "device_name", "smoke_mode", "start_chapter", "Chapter",
 ]

@@ -1,5 +1,5 @@
 """What the book's chapters need around the library: start-up, smoke mode, timing, batching,
-loading or training a model once, and animations that play offline.
+finding a trained model (the reader's or the published one), and animations that play offline.
 
 The core modules (schedules, diffusion, samplers, networks, training, data, metrics) import
 nothing from here; the chapters import these helpers instead of defining their own.
@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, load_model, save_model
+from .checkpoint import load_model
+from .hub import pretrained
 from .utils import device_name, pick_device, seed_everything
 
 
@@ -77,23 +78,45 @@ def in_batches(fn, n: int, batch_size: int = 500) -> torch.Tensor:
     return torch.cat([fn(min(batch_size, n - k), k).cpu() for k in range(0, n, batch_size)])
 
 
-def load_or_train(checkpoint, train_fn, *, device=None) -> tuple[nn.Module, dict]:
-    """The model saved at ``checkpoint`` if the file exists, else the one ``train_fn()`` returns, saved there.
+def checkpoint_dir() -> Path:
+    """Where the chapters keep the reader's trained models: ``$DDPM_BOOK_CHECKPOINTS``, else ``checkpoints/``.
 
-    Returns ``(model, info)``, the model in eval mode on ``device``; ``info`` says where it came
-    from (``"source"``) and how long its training took, where (``"seconds"``, ``"device"``).
+    Point the variable at a folder that outlives the session (a mounted Google Drive folder in
+    Colab, say) and a model trained in one chapter is there for the next, on any machine.
     """
-    checkpoint = Path(checkpoint)
-    device = torch.device(device) if device is not None else pick_device()
-    if checkpoint.exists():
-        model = load_model(checkpoint, device=device)
-        state = load_checkpoint(checkpoint)
-        return model, {"source": f"loaded from {checkpoint}", "seconds": state.get("seconds"),
-                       "device": state.get("device")}
-    model, seconds = timed(train_fn, device)
-    info = {"source": "trained here", "seconds": seconds, "device": device_name(device)}
-    save_model(checkpoint, model, seconds=seconds, device=info["device"])
-    return model.to(device).eval(), info
+    return Path(os.environ.get("DDPM_BOOK_CHECKPOINTS", "checkpoints")).expanduser()
+
+
+def checkpoint_path(name: str) -> Path:
+    """The reader's checkpoint of model ``name``: ``<checkpoint_dir>/<name>.pt`` (``<name>_smoke.pt`` in smoke mode)."""
+    return checkpoint_dir() / (f"{name}_smoke.pt" if smoke_mode() else f"{name}.pt")
+
+
+def load_trained(name: str, *, device=None) -> tuple[nn.Module, str]:
+    """The model ``name`` in eval mode: the reader's own checkpoint when a chapter saved one, else the
+    published weights (:func:`ddpm_lib.pretrained`). Returns ``(model, source)`` and prints the source.
+
+    Never a stand-in: with neither, the error of :func:`ddpm_lib.pretrained` says what is missing.
+    """
+    path = checkpoint_path(name)
+    if path.exists():
+        model, source = load_model(path, device=device), f"your checkpoint {path}"
+    else:
+        model, source = pretrained(name, device=device), f"the published weights '{name}'"
+    print(f"{name}: {type(model).__name__} from {source}")
+    return model, source
+
+
+def estimate_seconds(step, total_steps: int, *, probe_steps: int = 5, device=None) -> float:
+    """How long ``total_steps`` calls of ``step()`` will take here, from ``probe_steps`` timed calls.
+
+    The first call is left out of the timing: it pays one-off costs (kernel selection, allocation).
+    """
+    if probe_steps < 1 or total_steps < 0:
+        raise ValueError(f"probe_steps must be positive and total_steps non-negative, got {probe_steps}, {total_steps}")
+    step()
+    _, seconds = timed(lambda: [step() for _ in range(probe_steps)], device)
+    return seconds / probe_steps * total_steps
 
 
 # Text symbols for the player's buttons (common glyphs), so the page needs no icon font from a CDN.

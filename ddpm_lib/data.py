@@ -14,6 +14,7 @@ import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ class DatasetError(RuntimeError):
 # SHA-256 of each decompressed file, as published for the original releases.
 _DATASETS = {
     "mnist": {
-        "urls": ["https://yann.lecun.com/exdb/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/"],
+        # PyTorch's mirror first: the original host often refuses automated downloads.
+        "urls": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "https://yann.lecun.com/exdb/mnist/"],
         "sha256": {
             "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
             "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -145,6 +147,38 @@ def load_mnist(split: str = "train", root=None, download: bool = True):
 def load_fashion_mnist(split: str = "train", root=None, download: bool = True):
     """Fashion-MNIST (Xiao et al. 2017), a drop-in for MNIST with clothing: same shapes and splits."""
     return _load("fashion-mnist", split, root, download)
+
+
+class Split(NamedTuple):
+    """Indices into a data set: ``train`` for fitting models, ``held_out`` for judging them."""
+
+    train: torch.Tensor  # long [N_train], ascending
+    held_out: torch.Tensor  # long [N_held_out], ascending
+
+
+def held_out_split(labels: torch.Tensor, held_out: float = 0.2, seed: int = 0) -> Split:
+    """A fixed, seeded split of a labelled data set into a training part and a held-out part.
+
+    Stratified: each class gives ``round(held_out * its count)`` images to the held-out part, so
+    both parts keep the classes' proportions. The same labels and seed always give the same split.
+    A model that memorised its training images would score well against them and not against
+    held-out ones, which is why generated samples are compared with the held-out part.
+    """
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or labels.dtype.is_floating_point or len(labels) < 2:
+        raise ValueError(f"labels must be integer class labels of shape [N], N >= 2; got {labels.dtype} "
+                         f"{list(labels.shape)}")
+    if not 0.0 < held_out < 1.0:
+        raise ValueError(f"held_out is the fraction held out and must lie in (0, 1), got {held_out}")
+    g = torch.Generator().manual_seed(seed)
+    train, held = [], []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).squeeze(1)
+        members = members[torch.randperm(len(members), generator=g)]
+        k = round(held_out * len(members))
+        held.append(members[:k])
+        train.append(members[k:])
+    return Split(torch.cat(train).sort().values, torch.cat(held).sort().values)
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:

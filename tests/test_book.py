@@ -12,7 +12,7 @@ from ddpm_lib.vae import VAE
 
 PACKAGE = Path(dl.__file__).parent
 CORE = ["schedule", "diffusion", "sampling", "analytic", "embedding", "blocks", "unet", "train", "loop", "ema",
-        "checkpoint", "data", "metrics", "vae", "gan", "plotting", "utils"]
+        "checkpoint", "hub", "data", "metrics", "vae", "gan", "plotting", "utils"]
 
 
 def imported_modules(name):
@@ -76,19 +76,38 @@ def test_in_batches_covers_every_item_once_in_order():
         book.in_batches(numbers, 0)
 
 
-def test_load_or_train_trains_once_then_loads(tmp_path):
-    path = tmp_path / "vae.pt"
-    runs = []
+def test_load_trained_prefers_the_readers_checkpoint_then_the_published_weights(tmp_path, monkeypatch, capsys):
+    from ddpm_lib import hub
 
-    def train_fn():
-        runs.append(1)
-        torch.manual_seed(0)
-        return VAE(latent_dim=2, width=4)
+    monkeypatch.setenv("DDPM_BOOK_CHECKPOINTS", str(tmp_path / "drive"))
+    monkeypatch.setenv("DDPM_BOOK_SMOKE", "0")
+    monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub, "CHECKOUT", tmp_path / "checkout")
+    torch.manual_seed(0)
+    published = VAE(latent_dim=2, width=4)
+    sha256 = hub.save_weights(tmp_path / "checkout" / "vae.safetensors", published, dtype=torch.float32)
+    monkeypatch.setattr(hub, "PUBLISHED", {"vae": {"file": "vae.safetensors", "sha256": sha256}})
 
-    trained, info = book.load_or_train(path, train_fn, device="cpu")
-    assert info["source"] == "trained here" and info["seconds"] >= 0 and path.exists()
-    loaded, info2 = book.load_or_train(path, train_fn, device="cpu")
-    assert runs == [1] and info2["source"] == f"loaded from {path}" and info2["seconds"] == info["seconds"]
-    assert not loaded.training and isinstance(loaded, VAE)
-    for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()):
-        assert torch.equal(a, b)
+    model, source = book.load_trained("vae", device="cpu")
+    assert source == "the published weights 'vae'" and not model.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), published.state_dict().values()))
+
+    own = VAE(latent_dim=3, width=4)
+    dl.save_model(tmp_path / "drive" / "vae.pt", own)
+    assert book.checkpoint_path("vae") == tmp_path / "drive" / "vae.pt"
+    model, source = book.load_trained("vae", device="cpu")
+    assert source == f"your checkpoint {tmp_path / 'drive' / 'vae.pt'}" and model.config == own.config
+    assert "vae: VAE from your checkpoint" in capsys.readouterr().out
+    monkeypatch.setenv("DDPM_BOOK_SMOKE", "1")
+    assert book.checkpoint_path("vae").name == "vae_smoke.pt"
+    with pytest.raises(hub.WeightsError, match="no published weights named 'gan'"):
+        book.load_trained("gan")
+
+
+def test_estimate_seconds_scales_the_timed_probe():
+    calls = []
+    seconds = book.estimate_seconds(lambda: calls.append(sum(range(20_000))), 1000, probe_steps=4)
+    assert len(calls) == 5  # one warm-up, four timed
+    assert 0 < seconds < 60
+    with pytest.raises(ValueError, match="probe_steps"):
+        book.estimate_seconds(lambda: None, 10, probe_steps=0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import ddpm_lib.data as data
-from ddpm_lib import DatasetError, from_model_range, load_fashion_mnist, load_mnist, to_model_range
+from ddpm_lib import DatasetError, from_model_range, held_out_split, load_fashion_mnist, load_mnist, to_model_range
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -140,3 +140,21 @@ def test_the_real_mnist_test_split():
     assert torch.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     # Digits are white strokes on black: most pixels are 0, the stroke cores 255.
     assert (images == 0).float().mean() > 0.75 and images.max() == 255
+
+
+def test_held_out_split_is_stratified_disjoint_complete_and_fixed():
+    # 10 classes of 97 to 106 images: each gives round(0.2 * count) to the held-out part.
+    counts = [97 + c for c in range(10)]
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))]
+    split = held_out_split(labels, held_out=0.2, seed=0)
+    assert torch.equal(torch.cat([split.train, split.held_out]).sort().values, torch.arange(len(labels)))
+    assert torch.bincount(labels[split.held_out]).tolist() == [round(0.2 * n) for n in counts]
+    assert torch.equal(split.train, split.train.sort().values)
+    again, other = held_out_split(labels, held_out=0.2, seed=0), held_out_split(labels, held_out=0.2, seed=1)
+    assert torch.equal(again.held_out, split.held_out) and not torch.equal(other.held_out, split.held_out)
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="held_out"):
+            held_out_split(labels, held_out=bad)
+    with pytest.raises(ValueError, match="labels must be integer"):
+        held_out_split(labels.float())

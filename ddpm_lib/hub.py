@@ -1,0 +1,115 @@
+"""Published weights: the models the chapters train, loadable by name on any machine.
+
+Weights are shared as safetensors files: raw tensors plus a small text header, nothing executable,
+so loading one never runs code (unpickling a ``torch.save`` file can). The header records the
+model's class and configuration, so :func:`load_weights` rebuilds the model on its own. Only the
+EMA weights are published (they are the ones to sample from), in float16 where that changes
+nothing measurable.
+
+:func:`pretrained` looks for a published file in the local cache, then in the repository checkout
+the library runs from (its ``weights/`` folder), and otherwise downloads it from the repository;
+every file is checked against its SHA-256 before use, and a bad download is never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import check_state_dict, model_class, model_record
+
+FORMAT = "ddpm_lib.weights.v1"
+REPOSITORY = "https://github.com/diffusion-explained/diffusion-models-explained"
+DOWNLOAD_URL = REPOSITORY + "/raw/main/weights/{file}"
+CHECKOUT = Path(__file__).resolve().parents[1] / "weights"  # present when running from a clone
+
+# name -> {"file", "sha256"}: the weights published by the full run of the chapter that trains each model.
+PUBLISHED: dict[str, dict] = {}
+
+
+class WeightsError(RuntimeError):
+    """Published weights are unknown, missing and not downloadable, or corrupt."""
+
+
+def sha256_of(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(path, model: nn.Module, *, dtype: torch.dtype = torch.float16) -> str:
+    """Write ``model``'s weights (floating-point ones as ``dtype``) with its class and config; return the SHA-256."""
+    from safetensors.torch import save_file
+
+    record = model_record(model)
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "model_class": record["model_class"],
+                "model_config": json.dumps(record["model_config"])}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return sha256_of(path)
+
+
+def load_weights(path, device=None, expected: type | None = None) -> nn.Module:
+    """Rebuild the model in a file written by :func:`save_weights`, in float32 and eval mode."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no weights file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{path} is not a readable safetensors file: {err}") from None
+    if metadata.get("format") != FORMAT:
+        raise WeightsError(f"{path} is not a ddpm_lib weights file (format {FORMAT!r} expected)")
+    cls, config = model_class(metadata["model_class"]), json.loads(metadata["model_config"])
+    if expected is not None and not issubclass(cls, expected):
+        raise WeightsError(f"{path} holds a {cls.__name__}, not a {expected.__name__}")
+    model = cls(**config)
+    own = model.state_dict()
+    check_state_dict(model, tensors, f"{path} ({cls.__name__} with config {config})")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+    return model.to(device if device is not None else "cpu").eval()
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights are kept: ``$DDPM_CACHE_DIR/weights``, else ``~/.cache/ddpm_lib/weights``."""
+    return Path(os.environ.get("DDPM_CACHE_DIR", Path.home() / ".cache" / "ddpm_lib")).expanduser() / "weights"
+
+
+def pretrained(name: str, device=None) -> nn.Module:
+    """The published model ``name`` (see ``PUBLISHED``), in eval mode on ``device``."""
+    if name not in PUBLISHED:
+        raise WeightsError(f"no published weights named {name!r}; published: {sorted(PUBLISHED) or 'none yet'}")
+    file, sha256 = PUBLISHED[name]["file"], PUBLISHED[name]["sha256"]
+    cached, checkout = cache_dir() / file, CHECKOUT / file
+    for candidate in (cached, checkout):
+        if candidate.exists():
+            found = sha256_of(candidate)
+            if found != sha256:
+                raise WeightsError(f"{candidate} is corrupt or from another run: SHA-256 {found}, expected {sha256}. "
+                                   "Delete it to download a fresh copy.")
+            return load_weights(candidate, device)
+    url = DOWNLOAD_URL.format(file=file)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Writes to a temporary file and moves it into place only if the hash matches.
+        torch.hub.download_url_to_file(url, str(cached), hash_prefix=sha256, progress=False)
+    except RuntimeError as err:  # torch's hash check
+        raise WeightsError(f"the download of {url} is corrupt ({err}); nothing was cached") from None
+    except OSError as err:  # no network, host refused, file not there
+        raise WeightsError(f"the weights {name!r} are in neither {cached.parent} nor {CHECKOUT}, and {url} could "
+                           f"not be downloaded ({err}). Offline? Copy {file} into {cached.parent}.") from None
+    return load_weights(cached, device)

@@ -1,0 +1,64 @@
+"""Execute chapters top to bottom in their full configuration and save them with their outputs.
+
+    python scripts/execute_chapters.py                      # every chapter, in place
+    python scripts/execute_chapters.py notebooks/06_training.ipynb notebooks/07_sampling.ipynb
+    python scripts/execute_chapters.py --out executed/      # write the executed copies elsewhere
+
+The committed outputs are what the rendered book shows, so they must come from running the
+notebook exactly as committed, in its full configuration (smoke mode is switched off here).
+Chapters run in the order given, each in a fresh kernel started in its own folder, so a chapter
+that saves a checkpoint leaves it for the chapters after it. A cell that raises stops the run
+with the error, and nothing is written for that chapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_BYTES = 5 * 2**20  # what a reader's browser should have to load for one page
+
+
+def execute(path: Path, out: Path) -> float:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=None, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent.resolve())}})
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out)
+    if out.stat().st_size > MAX_BYTES:
+        raise SystemExit(f"{out} is {out.stat().st_size / 2**20:.1f} MB, over the 5 MB a page may weigh")
+    return seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="chapters to run (default: every chapter)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the executed copies (default: in place)")
+    args = parser.parse_args(argv)
+    paths = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb"))
+    os.environ.pop("DDPM_BOOK_SMOKE", None)  # the kernels inherit this environment: full configuration
+    for path in paths:
+        out = args.out / path.name if args.out else path
+        print(f"{path.name}: running...", flush=True)
+        try:
+            seconds = execute(path, out)
+        except CellExecutionError as err:
+            print(f"{path.name}: a cell failed, nothing written\n{err}", file=sys.stderr)
+            return 1
+        print(f"{path.name}: {seconds / 60:.1f} min, {out.stat().st_size / 2**20:.2f} MB -> {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

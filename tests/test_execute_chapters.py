@@ -1,0 +1,36 @@
+"""scripts/execute_chapters.py, which writes the outputs the book shows, on two tiny notebooks."""
+
+import importlib.util
+from pathlib import Path
+
+import nbformat
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "execute_chapters.py"
+spec = importlib.util.spec_from_file_location("execute_chapters", SCRIPT)
+execute_chapters = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(execute_chapters)
+
+
+def notebook(path, *sources):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_chapters_run_in_full_configuration_in_their_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_BOOK_SMOKE", "1")  # as under `make test`: the script must switch it off
+    chapter = notebook(tmp_path / "ch.ipynb", "import os\nprint('smoke:', os.environ.get('DDPM_BOOK_SMOKE'))",
+                       "print('folder:', os.path.basename(os.getcwd()))")
+    assert execute_chapters.main([str(chapter), "--out", str(tmp_path / "out")]) == 0
+    done = nbformat.read(tmp_path / "out" / "ch.ipynb", as_version=4)
+    texts = ["".join(o["text"] for o in c.outputs) for c in done.cells]
+    assert texts == ["smoke: None\n", f"folder: {tmp_path.name}\n"]
+    assert [c.execution_count for c in done.cells] == [1, 2]
+
+
+def test_a_failing_chapter_is_reported_and_not_written(tmp_path, capsys):
+    chapter = notebook(tmp_path / "bad.ipynb", "print('before')", "raise ValueError('the second cell fails')")
+    assert execute_chapters.main([str(chapter), "--out", str(tmp_path / "out")]) == 1
+    assert not (tmp_path / "out" / "bad.ipynb").exists()
+    assert "the second cell fails" in capsys.readouterr().err
