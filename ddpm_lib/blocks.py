@@ -26,7 +26,7 @@ class ConvNeXtBlock(nn.Module):
         self.time_proj = nn.Sequential(nn.GELU(), nn.Linear(time_dim, in_channels)) if time_dim else None
         hidden = out_channels * mult
         self.body = nn.Sequential(
-            nn.GroupNorm(1, in_channels),  # one group: LayerNorm over (C, H, W), as in ConvNeXt
+            nn.GroupNorm(1, in_channels),  # one group: normalise over (C, H, W); ConvNeXt normalises over C
             nn.Conv2d(in_channels, hidden, kernel_size=3, padding=1),
             nn.GELU(),
             nn.GroupNorm(1, hidden),

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model
+from .data import held_out_split, load_mnist
 from .hub import pretrained
 from .utils import device_name, pick_device, seed_everything
 
@@ -52,9 +53,35 @@ def start_chapter(seed: int = 0) -> Chapter:
     return chapter
 
 
+SMOKE_DIGITS = 512  # per part, in smoke mode
+
+
+def digits(part: str = "train", *, held_out: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The book's data: ``(images uint8 [N, 28, 28], labels [N])`` of one part of MNIST's test split.
+
+    The chapters' runs must not depend on a download of MNIST's 60,000 training digits, so every
+    chapter uses the 10,000 test digits, split once by :func:`ddpm_lib.held_out_split` (seed 0):
+    ``"train"`` fits the models, ``"held_out"`` judges them, ``"all"`` is both. Smoke mode keeps
+    the first 512 images of the part.
+    """
+    images, labels = load_mnist("test")
+    if part != "all":
+        split = held_out_split(labels, held_out=held_out, seed=0)
+        if part not in split._fields:
+            raise ValueError(f"part must be 'train', 'held_out' or 'all', got {part!r}")
+        index = getattr(split, part)
+        images, labels = images[index], labels[index]
+    if smoke_mode():
+        images, labels = images[:SMOKE_DIGITS], labels[:SMOKE_DIGITS]
+    return images, labels
+
+
 def _synchronize(device) -> None:
-    if device is not None and torch.device(device).type == "cuda":
+    kind = torch.device(device).type if device is not None else None
+    if kind == "cuda":
         torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
 
 
 def timed(fn, device=None):

@@ -80,18 +80,18 @@ def model_class(name: str) -> type:
     """The ddpm_lib model class recorded as ``name`` ("ddpm_lib.vae.VAE", for example)."""
     module_name, _, class_name = str(name).rpartition(".")
     if module_name.split(".")[0] != "ddpm_lib":
-        raise ValueError(f"the checkpoint holds a {name!r}, which is not a ddpm_lib model")
+        raise ValueError(f"the file records a {name!r}, which is not a ddpm_lib model")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError):
-        raise ValueError(f"the checkpoint holds a {name!r}, a model class this version of ddpm_lib does not have") \
+        raise ValueError(f"the file records a {name!r}, a model class this version of ddpm_lib does not have") \
             from None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"the checkpoint names {name!r}, which is not a model class")
+        raise ValueError(f"the file names {name!r}, which is not a model class")
     return cls
 
 
-def load_model(path, device=None, ema: bool = True, expected: type | None = None) -> nn.Module:
+def load_model(path, *, device=None, ema: bool = True, expected: type | None = None) -> nn.Module:
     """Rebuild the model stored in a checkpoint (of :func:`save_model` or a training run), in eval mode.
 
     Works for every ddpm_lib model: the checkpoint names the class and its config. ``ema=True``

@@ -8,6 +8,7 @@ files, so we check the SHA-256 of the *decompressed* bytes: a file that fails th
 from __future__ import annotations
 
 import gzip
+import math
 import hashlib
 import os
 import tempfile
@@ -159,8 +160,9 @@ class Split(NamedTuple):
 def held_out_split(labels: torch.Tensor, held_out: float = 0.2, seed: int = 0) -> Split:
     """A fixed, seeded split of a labelled data set into a training part and a held-out part.
 
-    Stratified: each class gives ``round(held_out * its count)`` images to the held-out part, so
-    both parts keep the classes' proportions. The same labels and seed always give the same split.
+    Stratified: each class gives ``held_out * its count`` images, rounded half up, to the held-out
+    part (and keeps at least one for training), so both parts keep the classes' proportions. The
+    same labels and seed always give the same split.
     A model that memorised its training images would score well against them and not against
     held-out ones, which is why generated samples are compared with the held-out part.
     """
@@ -175,7 +177,7 @@ def held_out_split(labels: torch.Tensor, held_out: float = 0.2, seed: int = 0) -
     for c in torch.unique(labels).tolist():
         members = torch.nonzero(labels == c).squeeze(1)
         members = members[torch.randperm(len(members), generator=g)]
-        k = round(held_out * len(members))
+        k = min(math.floor(held_out * len(members) + 0.5), len(members) - 1)  # half up; one left to train on
         held.append(members[:k])
         train.append(members[k:])
     return Split(torch.cat(train).sort().values, torch.cat(held).sort().values)

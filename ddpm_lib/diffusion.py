@@ -8,6 +8,7 @@ accepted and used for the whole batch.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +76,33 @@ def predict_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t, x0: torch.Tensor)
     return (x_t - signal * x0) / noise
 
 
+def score_from_eps(schedule: NoiseSchedule, t, eps: torch.Tensor) -> torch.Tensor:
+    """The score grad_x log q_t(x_t) from a noise prediction: -eps / sqrt(1 - alpha_bar_t).
+
+    Tweedie's formula: E[x_0 | x_t] = (x_t + (1 - alpha_bar_t) score) / sqrt(alpha_bar_t), which
+    with eq. 15 gives score = -E[eps | x_t] / sqrt(1 - alpha_bar_t) (Song et al. 2021b; Luo 2022).
+    """
+    t = timesteps_like(t, eps, schedule.T)
+    return -eps / extract(schedule.sqrt_one_minus_alpha_bars, t, eps)
+
+
+def v_from_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+    """The "velocity" target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0 (Salimans & Ho 2022)."""
+    x0 = predict_x0(schedule, x_t, t, eps)
+    t = timesteps_like(t, x_t, schedule.T)
+    return extract(schedule.sqrt_alpha_bars, t, x_t) * eps - extract(schedule.sqrt_one_minus_alpha_bars, t, x_t) * x0
+
+
+def eps_from_v(schedule: NoiseSchedule, x_t: torch.Tensor, t, v: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`v_from_eps`: eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v.
+
+    (With a = sqrt(alpha_bar_t), b = sqrt(1 - alpha_bar_t), a^2 + b^2 = 1: b x_t + a v
+    = b (a x0 + b eps) + a (a eps - b x0) = eps.)
+    """
+    t = timesteps_like(t, x_t, schedule.T)
+    return extract(schedule.sqrt_one_minus_alpha_bars, t, x_t) * x_t + extract(schedule.sqrt_alpha_bars, t, x_t) * v
+
+
 def q_posterior(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t):
     """Mean and variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eqs. 6-7).
 
@@ -124,4 +152,5 @@ class DDPMLoss:
         return ddpm_loss(model, self.schedule, batch.images, generator=generator)
 
     def __repr__(self) -> str:  # what a checkpoint records to refuse resuming with another objective
-        return f"DDPMLoss(schedule={self.schedule.name!r})"
+        betas = hashlib.sha256(self.schedule.betas.double().cpu().numpy().tobytes()).hexdigest()[:12]
+        return f"DDPMLoss(schedule={self.schedule.name!r}, betas_sha256={betas!r})"

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .ema import make_ema, update_ema
-from .loop import BatchSampler, Recorder, TrainResult, prepare_images, resolve_device
+from .loop import BatchSampler, Recorder, TrainResult, check_run, prepare_images, resolve_device
 
 
 class Generator(nn.Module):
@@ -82,7 +82,7 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gan_sample(G: Generator, n: int, generator: torch.Generator | None = None, *,
+def gan_sample(G: Generator, n: int, *, generator: torch.Generator | None = None,
                rng: torch.Generator | None = None) -> torch.Tensor:
     """``n`` images ``[n, C, 28, 28]`` in [-1, 1] from z ~ N(0, I), with G in eval mode.
 
@@ -108,6 +108,7 @@ def train_gan(G: Generator, D: Discriminator, images: torch.Tensor, *, steps: in
     ``d_real`` = D(x) and ``d_fake`` = D(G(z)) that D assigns to real and generated batches. It
     unpacks as ``history, ema``.
     """
+    check_run(steps=steps, batch_size=batch_size, log_every=log_every, ema_decay=ema_decay)
     device = resolve_device(device)
     data = prepare_images(images, G.config["out_channels"]).to(device)
     G.to(device).train()

@@ -59,7 +59,7 @@ def save_weights(path, model: nn.Module, *, dtype: torch.dtype = torch.float16) 
     return sha256_of(path)
 
 
-def load_weights(path, device=None, expected: type | None = None) -> nn.Module:
+def load_weights(path, *, device=None, expected: type | None = None) -> nn.Module:
     """Rebuild the model in a file written by :func:`save_weights`, in float32 and eval mode."""
     from safetensors import SafetensorError, safe_open
 
@@ -74,10 +74,17 @@ def load_weights(path, device=None, expected: type | None = None) -> nn.Module:
         raise WeightsError(f"{path} is not a readable safetensors file: {err}") from None
     if metadata.get("format") != FORMAT:
         raise WeightsError(f"{path} is not a ddpm_lib weights file (format {FORMAT!r} expected)")
-    cls, config = model_class(metadata["model_class"]), json.loads(metadata["model_config"])
+    try:
+        cls, config = model_class(metadata.get("model_class")), json.loads(metadata.get("model_config", ""))
+    except (ValueError, TypeError) as err:  # json's errors are ValueErrors
+        raise WeightsError(f"{path} does not say which model it holds: {err}") from None
     if expected is not None and not issubclass(cls, expected):
         raise WeightsError(f"{path} holds a {cls.__name__}, not a {expected.__name__}")
-    model = cls(**config)
+    try:
+        model = cls(**config)
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{path}: {cls.__name__} cannot be built from the recorded config {config}: {err}") \
+            from None
     own = model.state_dict()
     check_state_dict(model, tensors, f"{path} ({cls.__name__} with config {config})")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
@@ -89,19 +96,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DDPM_CACHE_DIR", Path.home() / ".cache" / "ddpm_lib")).expanduser() / "weights"
 
 
-def pretrained(name: str, device=None) -> nn.Module:
+def pretrained(name: str, *, device=None) -> nn.Module:
     """The published model ``name`` (see ``PUBLISHED``), in eval mode on ``device``."""
     if name not in PUBLISHED:
         raise WeightsError(f"no published weights named {name!r}; published: {sorted(PUBLISHED) or 'none yet'}")
     file, sha256 = PUBLISHED[name]["file"], PUBLISHED[name]["sha256"]
     cached, checkout = cache_dir() / file, CHECKOUT / file
-    for candidate in (cached, checkout):
-        if candidate.exists():
-            found = sha256_of(candidate)
-            if found != sha256:
-                raise WeightsError(f"{candidate} is corrupt or from another run: SHA-256 {found}, expected {sha256}. "
-                                   "Delete it to download a fresh copy.")
-            return load_weights(candidate, device)
+    if cached.exists():
+        found = sha256_of(cached)
+        if found != sha256:
+            raise WeightsError(f"{cached} is corrupt or from another run: SHA-256 {found}, expected {sha256}. "
+                               "Delete it to download a fresh copy.")
+        return load_weights(cached, device=device)
+    # A checkout's copy that fails the check (a Git LFS pointer, an edited file) is passed over.
+    if checkout.exists() and sha256_of(checkout) == sha256:
+        return load_weights(checkout, device=device)
     url = DOWNLOAD_URL.format(file=file)
     cached.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -112,4 +121,4 @@ def pretrained(name: str, device=None) -> nn.Module:
     except OSError as err:  # no network, host refused, file not there
         raise WeightsError(f"the weights {name!r} are in neither {cached.parent} nor {CHECKOUT}, and {url} could "
                            f"not be downloaded ({err}). Offline? Copy {file} into {cached.parent}.") from None
-    return load_weights(cached, device)
+    return load_weights(cached, device=device)

@@ -51,6 +51,16 @@ class TrainResult:
         yield self.ema
 
 
+def check_run(*, steps, batch_size, log_every, ema_decay) -> None:
+    """The checks every training loop makes of its settings, with the errors they raise."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not isinstance(batch_size, int) or batch_size < 1 or log_every < 1:
+        raise ValueError(f"batch_size and log_every must be positive, got {batch_size!r} and {log_every!r}")
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+
+
 def resolve_device(device=None) -> torch.device:
     """``device`` as a ``torch.device``; None picks the best available (:func:`ddpm_lib.pick_device`)."""
     return torch.device(device) if device is not None else pick_device()
@@ -65,6 +75,8 @@ def prepare_images(images, channels: int | None = None) -> torch.Tensor:
     elif not images.dtype.is_floating_point or images.ndim != 4:
         raise ValueError("images must be uint8 [N, H, W] or float [N, C, H, W], "
                          f"got {images.dtype} {list(images.shape)}")
+    elif not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or infinite values")
     elif images.numel() and (images.min() < -1.001 or images.max() > 1.001):
         raise ValueError(f"float images must lie in [-1, 1], got [{images.min():.3g}, {images.max():.3g}]; "
                          "map uint8 images with ddpm_lib.to_model_range")
@@ -99,6 +111,7 @@ class BatchSampler:
     ``sampling="epochs"``: each epoch visits every image once, in an order that depends only on
     ``(seed, epoch)``, so a resumed run sees the same batches as an uninterrupted one.
     ``sampling="replacement"``: each batch is drawn uniformly with replacement from ``generator``.
+    A batch is never larger than the data set: ``batch_size`` is capped at N.
     """
 
     def __init__(self, images, labels, batch_size: int, *, sampling: str, seed: int, generator: torch.Generator):

@@ -17,12 +17,39 @@ denoised, the new sample (x_{t-1} in the papers' numbering) and the model's curr
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 
 from .diffusion import predict_eps, predict_x0, q_posterior
 from .schedule import NoiseSchedule
+from .timesteps import timestep_grid
+
+
+class NFECount:
+    """The number of network evaluations (NFE) counted by :func:`count_nfe`."""
+
+    def __init__(self):
+        self.nfe = 0
+
+
+_counters: list[NFECount] = []
+
+
+@contextmanager
+def count_nfe():
+    """Count the network evaluations of every sampler run inside: ``with count_nfe() as c: ...; c.nfe``.
+
+    Every sampler calls the network through :func:`denoise`, which is where the counting happens,
+    so a new sampler is counted without doing anything. One call on a batch is one evaluation.
+    """
+    counter = NFECount()
+    _counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _counters.remove(counter)
 
 
 class Prediction(NamedTuple):
@@ -40,6 +67,8 @@ def denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, 
     pair still describes the same x_t.
     """
     eps = model(x_t, t)
+    for counter in _counters:
+        counter.nfe += 1
     if eps.shape != x_t.shape:
         raise ValueError(f"the model returned shape {list(eps.shape)} for x_t of shape {list(x_t.shape)}; "
                          "check x_T's channels and size against the model")
@@ -51,6 +80,7 @@ def denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, 
     return Prediction(eps, x0)
 
 
+@torch.no_grad()
 def run_sampler(model, schedule: NoiseSchedule, x_T: torch.Tensor, timesteps: list[int], update, *,
                 clip_x0: bool, callback=None) -> torch.Tensor:
     """Walk ``timesteps`` (descending indices) from x_T: denoise, then ``update`` to the next index.
@@ -95,30 +125,18 @@ def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, clip_x0: b
                        callback=callback)
 
 
-def ddim_timesteps(T: int, num_steps: int) -> list[int]:
-    """``num_steps`` timestep indices evenly spread over [0, T-1], in descending order.
-
-    Both ends are included: sampling starts at the noisiest step T-1 and finishes at index 0.
-    ``num_steps = T`` gives every step.
-    """
-    if not isinstance(num_steps, int) or not 1 <= num_steps <= T:
-        raise ValueError(f"num_steps must be an integer in [1, T={T}], got {num_steps!r}")
-    if num_steps == 1:
-        return [T - 1]
-    # Spacing (T-1)/(num_steps-1) >= 1, so rounding never merges two steps.
-    return [math.floor((T - 1) * k / (num_steps - 1) + 0.5) for k in reversed(range(num_steps))]
-
-
 @torch.no_grad()
 def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps: int = 50, eta: float = 0.0,
-                clip_x0: bool = True, generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+                clip_x0: bool = True, spacing: str = "uniform", generator: torch.Generator | None = None,
+                callback=None) -> torch.Tensor:
     """DDIM sampling over a subsequence of timesteps (Song et al. 2021, eq. 12).
 
     x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma z, with
     sigma = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev)
     (eq. 16). ``eta = 0`` is deterministic; ``eta = 1`` with ``num_steps = T`` is ancestral sampling
     with the posterior variance and gives the same samples as :func:`ddpm_sample` for the same
-    generator. After the last step alpha_bar_prev = 1, so the result is x0_hat.
+    generator. After the last step alpha_bar_prev = 1, so the result is x0_hat. ``spacing`` chooses
+    the timestep grid (:func:`~ddpm_lib.timesteps.timestep_grid`).
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
@@ -133,5 +151,5 @@ def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
             x_prev = x_prev + sigma * torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         return x_prev
 
-    return run_sampler(model, schedule, x_T, ddim_timesteps(schedule.T, num_steps), update, clip_x0=clip_x0,
+    return run_sampler(model, schedule, x_T, timestep_grid(schedule, num_steps, spacing), update, clip_x0=clip_x0,
                        callback=callback)

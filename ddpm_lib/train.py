@@ -10,6 +10,7 @@ lives here and only here: models, losses and samplers are ordinary float32 code.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from pathlib import Path
@@ -20,17 +21,24 @@ from torch import nn
 from .checkpoint import check_state_dict, load_checkpoint, model_record, save_checkpoint
 from .diffusion import DDPMLoss
 from .ema import make_ema, update_ema
-from .loop import (BatchSampler, Recorder, TrainResult, amp_dtype, fits_on, prepare_images, prepare_labels,
-                   resolve_device)
+from .loop import (BatchSampler, Recorder, TrainResult, amp_dtype, check_run, fits_on, prepare_images,
+                   prepare_labels, resolve_device)
 from .schedule import NoiseSchedule
 from .utils import device_name
 
 
-def objective_name(loss_fn) -> str:
-    """A stable description of an objective, recorded in checkpoints: its repr, or a function's name."""
+def objective_name(loss_fn) -> str | None:
+    """A description of an objective that is the same in every session, or None if it has none.
+
+    A checkpoint records it, so that a run is never resumed with another objective: a named
+    function gives its qualified name, an object its repr (a dataclass's lists its fields). A
+    lambda or an object whose repr is its memory address cannot be told apart from another.
+    """
     if inspect.isfunction(loss_fn) or inspect.ismethod(loss_fn):
-        return f"{loss_fn.__module__}.{loss_fn.__qualname__}"
-    return repr(loss_fn)
+        name = f"{loss_fn.__module__}.{loss_fn.__qualname__}"
+        return None if "<lambda>" in name or "<locals>" in name else name
+    name = repr(loss_fn)
+    return None if " at 0x" in name else name
 
 
 def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch.Tensor | None = None, *,
@@ -61,17 +69,19 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
 
     Returns a :class:`~ddpm_lib.loop.TrainResult`; ``losses, ema = train(...)`` unpacks it.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if batch_size < 1 or log_every < 1 or checkpoint_every < 1:
-        raise ValueError("batch_size, log_every and checkpoint_every must be positive")
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+    check_run(steps=steps, batch_size=batch_size, log_every=log_every, ema_decay=ema_decay)
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}")
     if (schedule is None) == (loss_fn is None):
         raise ValueError("pass a noise schedule (to train on the DDPM loss) or a loss_fn, not both and not neither")
     if images is None:
         raise ValueError("train needs images")
     loss_fn = DDPMLoss(schedule) if loss_fn is None else loss_fn
+    objective = objective_name(loss_fn)
+    if checkpoint is not None and objective is None:
+        raise ValueError(f"cannot checkpoint a run of {loss_fn!r}: a resumed run must be able to check that its "
+                         "objective is the same, so pass a module-level function or an object with a stable repr "
+                         "(a dataclass, for example)")
     device = resolve_device(device)
     data = prepare_images(images, getattr(model, "in_channels", None))
     labels = prepare_labels(labels, len(data))
@@ -84,14 +94,15 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
     data = data.contiguous(memory_format=memory_format)
     loss_fn = loss_fn.to(device) if hasattr(loss_fn, "to") else loss_fn
     dtype = amp_dtype(amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # fp16 gradients underflow
+    # fp16's small range lets small gradients round to zero: scale the loss up, the gradients back down.
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     net = torch.compile(model) if compile else model  # shares its parameters with model
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), weight_decay=0.0,
                                   fused=device.type == "cuda")
     ema = make_ema(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     batches = BatchSampler(data, labels, batch_size, sampling=sampling, seed=seed, generator=generator)
-    run = {"objective": objective_name(loss_fn), "batch_size": batches.batch_size, "lr": lr,
+    run = {"objective": objective, "device": device.type, "batch_size": batches.batch_size, "lr": lr,
            "betas": list(betas), "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed,
            "sampling": sampling, "amp": "off" if dtype is None else str(dtype).removeprefix("torch."),
            "num_images": len(data)}
@@ -108,7 +119,8 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        if scaler is not None:
+            scaler.load_state_dict(state["scaler"])
         generator.set_state(state["generator"])
         history, start, seconds_before = state["history"], state["step"], state["seconds"]
         if start > steps:
@@ -119,16 +131,25 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
     clock = time.perf_counter()  # wall time of training, kept in the checkpoint across resumptions
     for step in range(start, steps):
         batch = batches(step, device)
-        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with autocast:
             out = loss_fn(net, batch, generator)
         values = out if isinstance(out, dict) else {"loss": out}
+        if "loss" not in values:
+            raise ValueError(f"loss_fn returned the keys {sorted(values)}; the one to optimise must be 'loss'")
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(values["loss"]).backward()
+        if scaler is None:
+            values["loss"].backward()
+        else:
+            scaler.scale(values["loss"]).backward()
+            scaler.unscale_(optimizer)  # clip and step on the true gradients, not the scaled ones
         if grad_clip:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)  # skipped if the gradients overflowed; the EMA then averages in a repeat
+            scaler.update()
         update_ema(ema, model, step, ema_decay)
         recorder.add(values)
 
@@ -142,7 +163,8 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
                 "step": done, "history": recorder.history, "run": run, "generator": generator.get_state(),
                 "seconds": seconds_before + time.perf_counter() - clock, "device": device_name(device),
                 **model_record(model), "model": model.state_dict(), "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()})
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None})
         if logging and callback is not None:
             callback(done, ema, recorder.history.get("loss", []))
     recorder.close()

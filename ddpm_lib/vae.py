@@ -78,7 +78,7 @@ def vae_loss(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: to
 
 
 @torch.no_grad()
-def vae_sample(vae: VAE, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def vae_sample(vae: VAE, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw z ~ N(0, I) and decode: ``n`` images ``[n, C, 28, 28]`` in [-1, 1] (the decoder's mean)."""
     device = next(vae.parameters()).device
     z = torch.randn(n, vae.latent_dim, generator=generator, device=device)

@@ -11,8 +11,8 @@ from ddpm_lib import book
 from ddpm_lib.vae import VAE
 
 PACKAGE = Path(dl.__file__).parent
-CORE = ["schedule", "diffusion", "sampling", "analytic", "embedding", "blocks", "unet", "train", "loop", "ema",
-        "checkpoint", "hub", "data", "metrics", "vae", "gan", "plotting", "utils"]
+CORE = ["schedule", "diffusion", "sampling", "ode", "timesteps", "analytic", "embedding", "blocks", "unet",
+        "train", "loop", "ema", "checkpoint", "hub", "data", "metrics", "vae", "gan", "plotting", "utils"]
 
 
 def imported_modules(name):
@@ -111,3 +111,24 @@ def test_estimate_seconds_scales_the_timed_probe():
     assert 0 < seconds < 60
     with pytest.raises(ValueError, match="probe_steps"):
         book.estimate_seconds(lambda: None, 10, probe_steps=0)
+
+
+def test_digits_split_the_test_digits_once_and_shrink_in_smoke_mode(monkeypatch):
+    import ddpm_lib.book as b
+
+    labels = torch.arange(100) % 10
+    images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1).expand(100, 28, 28)
+    monkeypatch.setattr(b, "load_mnist", lambda split: (images, labels))
+    monkeypatch.setenv("DDPM_BOOK_SMOKE", "0")
+    train, held = b.digits("train"), b.digits("held_out")
+    assert len(train[0]) == 80 and len(held[0]) == 20  # 20% held out, 2 of each digit
+    assert torch.bincount(held[1]).tolist() == [2] * 10
+    ids = torch.cat([train[0][:, 0, 0], held[0][:, 0, 0]]).long()
+    assert sorted(ids.tolist()) == list(range(100))  # disjoint and complete
+    assert torch.equal(b.digits("train")[0], train[0])  # fixed
+    assert len(b.digits("all")[0]) == 100
+    monkeypatch.setattr(b, "SMOKE_DIGITS", 8)
+    monkeypatch.setenv("DDPM_BOOK_SMOKE", "1")
+    assert len(b.digits("train")[0]) == 8
+    with pytest.raises(ValueError, match="part must be"):
+        b.digits("test")

@@ -92,3 +92,23 @@ def test_pretrained_errors_name_the_problem(published, monkeypatch):
     (pt.cache_dir() / "g.safetensors").write_bytes(b"garbage")
     with pytest.raises(pt.WeightsError, match="corrupt or from another run.*Delete it"):
         pt.pretrained("tiny_gan")
+
+
+def test_a_checkout_copy_that_fails_its_check_is_passed_over(published, monkeypatch):
+    model, served = published
+    pt.CHECKOUT.mkdir()
+    (pt.CHECKOUT / "g.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
+    assert same_weights(pt.pretrained("tiny_gan"), pt.load_weights(served))  # downloaded instead
+
+
+def test_a_weights_file_naming_no_model_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": pt.FORMAT, "model_class": "os.system"})
+    with pytest.raises(pt.WeightsError, match="does not say which model it holds"):
+        pt.load_weights(path)
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": pt.FORMAT, "model_class": "ddpm_lib.vae.VAE",
+                                                          "model_config": '{"depth": 3}'})
+    with pytest.raises(pt.WeightsError, match="VAE cannot be built from the recorded config"):
+        pt.load_weights(path)

@@ -146,3 +146,33 @@ def test_a_gan_result_has_no_single_loss():
     assert history == result.history
     with pytest.raises(AttributeError, match="several losses"):
         result.losses
+
+
+def test_bad_images_objectives_and_settings_get_clear_errors(tmp_path):
+    images, _ = labelled_images(8)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        dl.train(Affine(), images=images.clone().fill_(float("nan")), loss_fn=lambda m, b, g: b.images.sum(),
+                 steps=1, device="cpu")
+    with pytest.raises(ValueError, match="keys \\['kl'\\]; the one to optimise must be 'loss'"):
+        dl.train(Affine(), images=images, loss_fn=lambda m, b, g: {"kl": m(b.images).sum()}, steps=1,
+                 device="cpu", progress=False, channels_last=False)
+    # A checkpointed run must be able to tell its objective from another when it resumes.
+    with pytest.raises(ValueError, match="cannot checkpoint a run of <function"):
+        dl.train(Affine(), images=images, loss_fn=lambda m, b, g: m(b.images).sum(), steps=1, device="cpu",
+                 checkpoint=tmp_path / "run.pt")
+    from ddpm_lib.gan import Discriminator, Generator, train_gan
+    for bad in (dict(steps=0), dict(steps=2, batch_size=0), dict(steps=2, ema_decay=1.0)):
+        with pytest.raises(ValueError, match="steps|batch_size|ema_decay"):
+            train_gan(Generator(8, width=4), Discriminator(width=4), images, device="cpu", **bad)
+
+
+def test_a_checkpoint_records_the_objective_the_schedule_and_the_device(tmp_path):
+    path = tmp_path / "run.pt"
+    dl.train(dl.UNet(1, 8, (1, 2)), dl.cosine_schedule(10), squares(8), steps=1, batch_size=4, device="cpu",
+             checkpoint=path, progress=False)
+    run = dl.load_checkpoint(path)["run"]
+    assert run["device"] == "cpu" and run["objective"].startswith("DDPMLoss(schedule='cosine(T=10")
+    # Two schedules that share a name but not their betas are different objectives.
+    same_name = dl.NoiseSchedule.from_betas(torch.linspace(1e-3, 0.2, 10), name="custom")
+    other = dl.NoiseSchedule.from_betas(torch.linspace(1e-3, 0.3, 10), name="custom")
+    assert repr(dl.DDPMLoss(same_name)) != repr(dl.DDPMLoss(other))

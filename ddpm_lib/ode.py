@@ -1,0 +1,95 @@
+"""Samplers for the probability-flow ODE: Heun (Karras et al. 2022) and DPM-Solver++ (Lu et al. 2022).
+
+Deterministic sampling solves an ODE whose solutions carry the noise distribution onto the data
+distribution (Song et al. 2021b). In the variables of Karras et al. 2022, x_tilde = x_t / alpha and
+sigma = sigma_t / alpha with alpha = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t), the
+forward process reads x_tilde = x_0 + sigma eps, and the ODE is simply
+
+    d x_tilde / d sigma = eps_hat(x_t, t)                               (Karras et al. 2022, eq. 4)
+
+DDIM with eta = 0 is Euler's method for this ODE; Heun's method adds a corrector and is second
+order. DPM-Solver++ instead integrates the linear part exactly in lambda = log(alpha / sigma_t)
+and extrapolates the network's x0_hat from the last two steps (2M, second order).
+
+Both run on a grid of the model's own discrete timesteps (:func:`~ddpm_lib.timesteps.timestep_grid`)
+and call the network through :func:`~ddpm_lib.sampling.denoise`, like every sampler.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .sampling import denoise, run_sampler
+from .schedule import NoiseSchedule
+from .timesteps import timestep_grid
+
+
+def _scales(schedule: NoiseSchedule, i: int) -> tuple[float, float]:
+    """(alpha, sigma_t) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)) at index i; (1, 0) for i = -1, the data."""
+    if i < 0:
+        return 1.0, 0.0
+    ab = float(schedule.alpha_bars.double()[i])
+    return math.sqrt(ab), math.sqrt(1.0 - ab)
+
+
+@torch.no_grad()
+def heun_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps: int = 18, spacing: str = "uniform",
+                clip_x0: bool = False, callback=None) -> torch.Tensor:
+    """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1).
+
+    Between two grid points it takes an Euler step, evaluates the network at the end, and replaces
+    the slope by the average of the two; the last step, down to sigma = 0, is a plain Euler step
+    (Algorithm 1, line 7). That makes 2 * num_steps - 1 network evaluations.
+    """
+    def update(x_t, prediction, t, i, i_prev):
+        (a, s), (a_next, s_next) = _scales(schedule, i), _scales(schedule, i_prev)
+        sigma, sigma_next = s / a, s_next / a_next  # Karras et al.'s noise levels
+        x_tilde = x_t / a  # [B, C, H, W]
+        euler = x_tilde + (sigma_next - sigma) * prediction.eps  # eq. 4, one Euler step
+        if i_prev < 0:
+            return euler  # sigma_next = 0: the clean image
+        t_next = torch.full_like(t, i_prev)
+        slope_next = denoise(model, schedule, a_next * euler, t_next, clip_x0=clip_x0).eps
+        return a_next * (x_tilde + (sigma_next - sigma) * 0.5 * (prediction.eps + slope_next))  # the trapezoid
+
+    return run_sampler(model, schedule, x_T, timestep_grid(schedule, num_steps, spacing), update, clip_x0=clip_x0,
+                       callback=callback)
+
+
+@torch.no_grad()
+def dpm_solver_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps: int = 20, order: int = 2,
+                      spacing: str = "uniform", clip_x0: bool = False, callback=None) -> torch.Tensor:
+    """DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Algorithm 2), multistep, order 1 or 2.
+
+    With h = lambda_next - lambda and D the data prediction, one step is
+
+        x_next = (sigma_next / sigma_t) x_t - alpha_next (exp(-h) - 1) D          (eq. 9 of the paper)
+
+    Order 1 takes D = x0_hat, which is DDIM with eta = 0 written in other variables. Order 2 (2M)
+    takes D = (1 + 1 / (2r)) x0_hat - 1 / (2r) x0_hat_prev, r = h_prev / h: a linear
+    extrapolation of x0_hat in lambda, at no extra network evaluation. The first step has no
+    previous x0_hat and the last one (to the data, h infinite) no use for one: both are first order.
+    One network evaluation per grid point: num_steps in all.
+    """
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    history = []  # (lambda, x0_hat) of the previous grid point
+
+    def update(x_t, prediction, t, i, i_prev):
+        (a, s), (a_next, s_next) = _scales(schedule, i), _scales(schedule, i_prev)
+        lam = math.log(a / s)
+        D = prediction.x0
+        if i_prev < 0:
+            return D  # sigma_next = 0: exp(-h) = 0 and x_next = D, the current x0_hat
+        h = math.log(a_next / s_next) - lam
+        if order == 2 and history:
+            lam_prev, x0_prev = history[-1]
+            r = (lam - lam_prev) / h
+            D = (1 + 1 / (2 * r)) * prediction.x0 - 1 / (2 * r) * x0_prev
+        history[:] = [(lam, prediction.x0)]
+        return (s_next / s) * x_t - a_next * math.expm1(-h) * D
+
+    return run_sampler(model, schedule, x_T, timestep_grid(schedule, num_steps, spacing), update, clip_x0=clip_x0,
+                       callback=callback)

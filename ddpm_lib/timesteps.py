@@ -1,0 +1,72 @@
+"""Which timesteps a sampler visits: the grid is a choice as consequential as the solver.
+
+A grid is a descending list of timestep indices that starts at the noisiest step T-1 and ends at
+index 0 (every sampler then takes one last step to the clean image). Three spacings:
+
+- ``"uniform"``: evenly spaced indices (DDIM's choice, Song et al. 2021);
+- ``"logsnr"``: evenly spaced in the half log signal-to-noise ratio lambda = log(alpha / sigma),
+  the variable in which DPM-Solver takes its steps (Lu et al. 2022);
+- ``"karras"``: noise levels sigma = sqrt((1 - alpha_bar) / alpha_bar) spaced evenly in
+  sigma^(1/rho), rho = 7, which crowds the steps near the data (Karras et al. 2022, eq. 5).
+
+The network was trained on integer timesteps only, so each grid point is rounded to the nearest
+index, and indices that rounding merged are pushed apart to keep every step distinct.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .schedule import NoiseSchedule
+
+SPACINGS = ("uniform", "logsnr", "karras")
+
+
+def ddim_timesteps(T: int, num_steps: int) -> list[int]:
+    """``num_steps`` timestep indices evenly spread over [0, T-1], in descending order.
+
+    Both ends are included: sampling starts at the noisiest step T-1 and finishes at index 0.
+    ``num_steps = T`` gives every step.
+    """
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be an integer in [1, T={T}], got {num_steps!r}")
+    if num_steps == 1:
+        return [T - 1]
+    # Spacing (T-1)/(num_steps-1) >= 1, so rounding never merges two steps.
+    return [math.floor((T - 1) * k / (num_steps - 1) + 0.5) for k in reversed(range(num_steps))]
+
+
+def _distinct(indices: np.ndarray, T: int) -> list[int]:
+    """Round descending float indices to distinct integers from T-1 down to 0, moving as few as needed."""
+    n = len(indices)
+    ints = [int(v) for v in np.rint(indices)]
+    ints[0], ints[-1] = T - 1, 0
+    for k in range(n - 2, -1, -1):  # from the data end up: each at least one above the next
+        ints[k] = max(ints[k], ints[k + 1] + 1)
+    ints[0] = T - 1
+    for k in range(1, n):  # from the noise end down: each at least one below the previous
+        ints[k] = min(ints[k], ints[k - 1] - 1)
+    return ints
+
+
+def timestep_grid(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform", rho: float = 7.0) -> list[int]:
+    """``num_steps`` distinct timestep indices from T-1 down to 0, spaced by ``spacing`` (see above)."""
+    T = schedule.T
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if spacing == "uniform" or num_steps in (1, T):
+        return ddim_timesteps(T, num_steps)
+    ddim_timesteps(T, num_steps)  # the same check of num_steps
+    ab = schedule.alpha_bars.double().numpy()
+    index = np.arange(T, dtype=np.float64)
+    if spacing == "logsnr":
+        level = 0.5 * np.log(ab / (1 - ab))  # lambda_t, decreasing in t
+        targets = np.linspace(level[-1], level[0], num_steps)  # noisiest first
+    else:
+        level = np.sqrt((1 - ab) / ab) ** (1 / rho)  # sigma_t^(1/rho), increasing in t
+        targets = np.linspace(level[-1], level[0], num_steps)
+        level, targets = -level, -targets  # make it decreasing like lambda
+    # Invert the monotone map index -> level by linear interpolation (np.interp wants it increasing).
+    return _distinct(np.interp(targets, level[::-1], index[::-1]), T)
