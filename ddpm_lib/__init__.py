@@ -5,9 +5,10 @@ The public API, by concept:
 - schedules:  NoiseSchedule, linear_schedule, cosine_schedule
 - forward process and loss:  q_sample, predict_x0, predict_eps, q_posterior, ddpm_loss, DDPMLoss
 - samplers:  ddpm_sample, ddim_sample, heun_sample, dpm_solver_sample; timestep grids (ddim_timesteps,
-  timestep_grid); what they share: denoise, Prediction, run_sampler, count_nfe; GaussianDenoiser,
-  the exact eps for Gaussian data
+  timestep_grid); what they share: denoise, Prediction, run_sampler, count_nfe; labels and
+  classifier-free guidance (conditioned); GaussianDenoiser, the exact eps for Gaussian data
 - the network's targets:  score_from_eps, v_from_eps, eps_from_v
+- flow matching:  flow_matching_loss, flow_sample, flow_velocity, GaussianVelocity (the exact velocity)
 - network:  SinusoidalEmbedding, ConvNeXtBlock, Downsample, Upsample, UNet
 - training:  train (any objective), TrainResult, Batch, autocast_dtype, make_ema, update_ema
 - checkpoints and published weights:  save_checkpoint, load_checkpoint, save_model, load_model,
@@ -25,7 +26,7 @@ holds what the chapters need around them (start-up, smoke mode, timing, animatio
 """
 
 from . import book, gan, metrics, vae
-from .analytic import GaussianDenoiser
+from .analytic import GaussianDenoiser, GaussianVelocity
 from .blocks import ConvNeXtBlock, Downsample, Upsample
 from .book import Chapter, animation_html, smoke_mode, start_chapter
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
@@ -33,12 +34,13 @@ from .data import DatasetError, from_model_range, held_out_split, load_fashion_m
 from .diffusion import (DDPMLoss, ddpm_loss, eps_from_v, predict_eps, predict_x0, q_posterior, q_sample,
                         score_from_eps, v_from_eps)
 from .ema import make_ema, update_ema
+from .flow import flow_matching_loss, flow_sample, flow_velocity
 from .hub import load_weights, pretrained, save_weights
 from .embedding import SinusoidalEmbedding
 from .loop import Batch, TrainResult, autocast_dtype
 from .plotting import animate_grids, image_grid, show_images
 from .ode import dpm_solver_sample, heun_sample
-from .sampling import Prediction, count_nfe, ddim_sample, ddpm_sample, denoise, run_sampler
+from .sampling import Prediction, conditioned, count_nfe, ddim_sample, ddpm_sample, denoise, run_sampler
 from .schedule import NoiseSchedule, cosine_schedule, linear_schedule
 from .timesteps import ddim_timesteps, timestep_grid
 from .train import train
@@ -52,8 +54,9 @@ __all__ = [
     "NoiseSchedule", "linear_schedule", "cosine_schedule",
     "q_sample", "predict_x0", "predict_eps", "q_posterior", "ddpm_loss", "DDPMLoss",
     "ddpm_sample", "ddim_sample", "heun_sample", "dpm_solver_sample", "ddim_timesteps", "timestep_grid",
-    "denoise", "Prediction", "run_sampler", "count_nfe", "GaussianDenoiser",
+    "denoise", "Prediction", "run_sampler", "count_nfe", "conditioned", "GaussianDenoiser",
     "score_from_eps", "v_from_eps", "eps_from_v",
+    "flow_matching_loss", "flow_sample", "flow_velocity", "GaussianVelocity",
     "SinusoidalEmbedding", "ConvNeXtBlock", "Downsample", "Upsample", "UNet",
     "train", "TrainResult", "Batch", "autocast_dtype", "make_ema", "update_ema",
     "save_checkpoint", "load_checkpoint", "save_model", "load_model", "pretrained", "save_weights", "load_weights",

@@ -31,3 +31,28 @@ class GaussianDenoiser(nn.Module):
         ab = self.alpha_bars[t].to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))  # [B, 1, 1, 1]
         mu, s = self.mu.to(x_t.dtype), self.s.to(x_t.dtype)
         return (1 - ab).sqrt() * (x_t - ab.sqrt() * mu) / (ab * s**2 + 1 - ab)
+
+
+class GaussianVelocity(nn.Module):
+    """The exact flow-matching velocity for Gaussian data, v*(x, tau) = E[eps - x0 | x_tau = x].
+
+    On the straight path x_tau = (1 - tau) x0 + tau eps with x0 ~ N(mu, s^2) per pixel:
+    E[x_tau] = (1 - tau) mu, V = Var(x_tau) = (1 - tau)^2 s^2 + tau^2,
+    E[eps - x0] = -mu and Cov(eps - x0, x_tau) = tau - (1 - tau) s^2. Both are jointly Gaussian, so
+    the conditional mean is linear:
+        v*(x, tau) = -mu + (tau - (1 - tau) s^2) / V * (x - (1 - tau) mu).
+    Its ODE keeps z = (x - (1 - tau) mu) / sqrt(V) constant (dV/dtau / 2 = tau - (1 - tau) s^2), so
+    noise x_1 = z at tau = 1 arrives at mu + s z at tau = 0: exactly N(mu, s^2).
+    Follows the contract of :func:`ddpm_lib.flow.flow_sample`: ``(x, tau [B]) -> v``.
+    """
+
+    def __init__(self, mu, s):
+        super().__init__()
+        self.register_buffer("mu", torch.as_tensor(mu, dtype=torch.float32), persistent=False)
+        self.register_buffer("s", torch.as_tensor(s, dtype=torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        tau = tau.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))  # [B, 1, 1, 1]
+        mu, s2 = self.mu.to(x.dtype), self.s.to(x.dtype) ** 2
+        variance = (1 - tau) ** 2 * s2 + tau**2
+        return -mu + (tau - (1 - tau) * s2) / variance * (x - (1 - tau) * mu)

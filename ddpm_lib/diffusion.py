@@ -117,17 +117,19 @@ def q_posterior(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t)
     return mean, extract(schedule.posterior_variance, t, x_t)
 
 
-def ddpm_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, *, generator: torch.Generator | None = None):
+def ddpm_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, *, y: torch.Tensor | None = None,
+              generator: torch.Generator | None = None):
     """The simplified DDPM objective, L_simple (Ho et al. 2020, eq. 14; Algorithm 1).
 
     Draw t uniformly and eps ~ N(0, I), form x_t with eq. 4 and regress the model's eps_hat onto eps
-    with a mean squared error. ``generator`` (on ``x0.device``) makes the draws reproducible.
+    with a mean squared error. ``generator`` (on ``x0.device``) makes the draws reproducible. ``y``:
+    class labels for a conditional model, ``model(x_t, t, y)``.
     """
     B = x0.shape[0]
     t = torch.randint(0, schedule.T, (B,), device=x0.device, generator=generator)
     eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     x_t, _ = q_sample(schedule, x0, t, eps)
-    eps_hat = model(x_t, t)
+    eps_hat = model(x_t, t) if y is None else model(x_t, t, y)
     if eps_hat.shape != eps.shape:
         raise ValueError(f"the model returned shape {list(eps_hat.shape)} for input {list(x_t.shape)}; "
                          "an eps-prediction model must return its input's shape")
@@ -140,17 +142,39 @@ class DDPMLoss:
 
     An objective is any callable of that form returning a scalar (or a dict of scalars whose
     ``"loss"`` is optimised and the rest logged); this one calls :func:`ddpm_loss` on the batch's
-    images and ignores labels. ``to(device)`` moves the schedule once, not every step.
+    images. ``to(device)`` moves the schedule once, not every step.
+
+    ``label_dropout``: None trains an unconditional model and ignores labels. A probability p
+    trains a class-conditional one (``UNet(num_classes=K)``) on the batch's labels, each replaced by
+    the null class K with probability p, so that one network learns both the conditional and the
+    unconditional noise prediction that classifier-free guidance combines (Ho & Salimans 2022).
     """
 
     schedule: NoiseSchedule
+    label_dropout: float | None = None
+
+    def __post_init__(self):
+        if self.label_dropout is not None and not 0.0 <= self.label_dropout <= 1.0:
+            raise ValueError(f"label_dropout must be None or a probability in [0, 1], got {self.label_dropout}")
 
     def to(self, device) -> "DDPMLoss":
-        return DDPMLoss(self.schedule.to(device))
+        return DDPMLoss(self.schedule.to(device), self.label_dropout)
 
     def __call__(self, model, batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        return ddpm_loss(model, self.schedule, batch.images, generator=generator)
+        if self.label_dropout is None:
+            return ddpm_loss(model, self.schedule, batch.images, generator=generator)
+        if batch.labels is None:
+            raise ValueError("a conditional DDPMLoss (label_dropout set) needs labels: pass train(..., labels=...)")
+        y = drop_labels(batch.labels, model.num_classes, self.label_dropout, generator)
+        return ddpm_loss(model, self.schedule, batch.images, y=y, generator=generator)
 
     def __repr__(self) -> str:  # what a checkpoint records to refuse resuming with another objective
         betas = hashlib.sha256(self.schedule.betas.double().cpu().numpy().tobytes()).hexdigest()[:12]
-        return f"DDPMLoss(schedule={self.schedule.name!r}, betas_sha256={betas!r})"
+        dropout = f", label_dropout={self.label_dropout}" if self.label_dropout is not None else ""
+        return f"DDPMLoss(schedule={self.schedule.name!r}, betas_sha256={betas!r}{dropout})"
+
+
+def drop_labels(y: torch.Tensor, null: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``y`` [B] with each label replaced by the null class ``null`` with probability ``p``."""
+    drop = torch.rand(y.shape, device=y.device, generator=generator) < p
+    return torch.where(drop, torch.full_like(y, null), y)

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .sampling import denoise, run_sampler
+from .sampling import conditioned, denoise, run_sampler
 from .schedule import NoiseSchedule
 from .timesteps import timestep_grid
 
@@ -36,13 +36,16 @@ def _scales(schedule: NoiseSchedule, i: int) -> tuple[float, float]:
 
 @torch.no_grad()
 def heun_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps: int = 18, spacing: str = "uniform",
-                clip_x0: bool = False, callback=None) -> torch.Tensor:
+                clip_x0: bool = False, y=None, guidance_scale=None, callback=None) -> torch.Tensor:
     """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1).
 
     Between two grid points it takes an Euler step, evaluates the network at the end, and replaces
     the slope by the average of the two; the last step, down to sigma = 0, is a plain Euler step
-    (Algorithm 1, line 7). That makes 2 * num_steps - 1 network evaluations.
+    (Algorithm 1, line 7). That makes 2 * num_steps - 1 network evaluations. ``y``,
+    ``guidance_scale``: see :func:`~ddpm_lib.sampling.conditioned`.
     """
+    model = conditioned(model, y, guidance_scale)
+
     def update(x_t, prediction, t, i, i_prev):
         (a, s), (a_next, s_next) = _scales(schedule, i), _scales(schedule, i_prev)
         sigma, sigma_next = s / a, s_next / a_next  # Karras et al.'s noise levels
@@ -60,7 +63,8 @@ def heun_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
 
 @torch.no_grad()
 def dpm_solver_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps: int = 20, order: int = 2,
-                      spacing: str = "uniform", clip_x0: bool = False, callback=None) -> torch.Tensor:
+                      spacing: str = "uniform", clip_x0: bool = False, y=None, guidance_scale=None,
+                      callback=None) -> torch.Tensor:
     """DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Algorithm 2), multistep, order 1 or 2.
 
     With h = lambda_next - lambda and D the data prediction, one step is
@@ -71,10 +75,12 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_
     takes D = (1 + 1 / (2r)) x0_hat - 1 / (2r) x0_hat_prev, r = h_prev / h: a linear
     extrapolation of x0_hat in lambda, at no extra network evaluation. The first step has no
     previous x0_hat and the last one (to the data, h infinite) no use for one: both are first order.
-    One network evaluation per grid point: num_steps in all.
+    One network evaluation per grid point: num_steps in all. ``y``, ``guidance_scale``: see
+    :func:`~ddpm_lib.sampling.conditioned`.
     """
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
+    model = conditioned(model, y, guidance_scale)
     history = []  # (lambda, x0_hat) of the previous grid point
 
     def update(x_t, prediction, t, i, i_prev):

@@ -52,6 +52,41 @@ def count_nfe():
         _counters.remove(counter)
 
 
+def conditioned(model, y: torch.Tensor | None = None, guidance_scale: float | None = None):
+    """``model`` as a function ``(x_t, t) -> eps_hat`` for class labels ``y`` [B], guided or not.
+
+    Without ``guidance_scale`` it is ``model(x_t, t, y)``. With a scale w it is classifier-free
+    guidance (Ho & Salimans 2022): eps_u + w (eps_c - eps_u), from the conditional prediction
+    eps_c = model(x_t, t, y) and the unconditional eps_u = model(x_t, t, K) with the null class K,
+    both from one forward pass on the doubled batch. w = 0 is unconditional, w = 1 plainly
+    conditional, w > 1 pushes the sample towards what makes y likely. (Ho & Salimans write the
+    same combination as (1 + w') eps_c - w' eps_u, with w' = w - 1.)
+    """
+    if y is None:
+        if guidance_scale is not None:
+            raise ValueError("guidance_scale needs class labels y to guide towards")
+        return model
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        raise ValueError("class labels y need a class-conditional model, e.g. UNet(num_classes=K)")
+    if guidance_scale is None:
+        return lambda x_t, t: model(x_t, t, y)
+    null = torch.full_like(y, num_classes)
+
+    def guided(x_t, t):
+        both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))  # [2B, C, H, W]
+        eps_c, eps_u = both.chunk(2)
+        return eps_u + guidance_scale * (eps_c - eps_u)
+
+    return guided
+
+
+def count_call() -> None:
+    """Record one network evaluation in every open :func:`count_nfe` block (samplers call this)."""
+    for counter in _counters:
+        counter.nfe += 1
+
+
 class Prediction(NamedTuple):
     """The network's reading of x_t: the noise in it and the clean image, consistent with each other."""
 
@@ -67,8 +102,7 @@ def denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, 
     pair still describes the same x_t.
     """
     eps = model(x_t, t)
-    for counter in _counters:
-        counter.nfe += 1
+    count_call()
     if eps.shape != x_t.shape:
         raise ValueError(f"the model returned shape {list(eps.shape)} for x_t of shape {list(x_t.shape)}; "
                          "check x_T's channels and size against the model")
@@ -105,15 +139,17 @@ def run_sampler(model, schedule: NoiseSchedule, x_T: torch.Tensor, timesteps: li
 
 @torch.no_grad()
 def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, clip_x0: bool = True,
-                generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+                generator: torch.Generator | None = None, y=None, guidance_scale=None, callback=None) -> torch.Tensor:
     """Ancestral sampling, Ho et al. 2020, Algorithm 2, with sigma_t^2 = beta_tilde_t.
 
     Each step predicts x0_hat (eq. 15), optionally clips it to the data range [-1, 1], and draws
     x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat) (eqs. 6-7). Without clipping this is
     Algorithm 2 exactly: mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_t) is the
     same number written another way. The last step (index 0) has zero posterior variance, so it
-    returns the mean and draws no noise.
+    returns the mean and draws no noise. ``y``, ``guidance_scale``: see :func:`conditioned`.
     """
+    model = conditioned(model, y, guidance_scale)
+
     def update(x_t, prediction, t, i, i_prev):
         mean, variance = q_posterior(schedule, prediction.x0, x_t, t)  # eqs. 6-7
         if i == 0:
@@ -128,7 +164,7 @@ def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, clip_x0: b
 @torch.no_grad()
 def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps: int = 50, eta: float = 0.0,
                 clip_x0: bool = True, spacing: str = "uniform", generator: torch.Generator | None = None,
-                callback=None) -> torch.Tensor:
+                y=None, guidance_scale=None, callback=None) -> torch.Tensor:
     """DDIM sampling over a subsequence of timesteps (Song et al. 2021, eq. 12).
 
     x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma z, with
@@ -136,10 +172,12 @@ def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
     (eq. 16). ``eta = 0`` is deterministic; ``eta = 1`` with ``num_steps = T`` is ancestral sampling
     with the posterior variance and gives the same samples as :func:`ddpm_sample` for the same
     generator. After the last step alpha_bar_prev = 1, so the result is x0_hat. ``spacing`` chooses
-    the timestep grid (:func:`~ddpm_lib.timesteps.timestep_grid`).
+    the timestep grid (:func:`~ddpm_lib.timesteps.timestep_grid`); ``y``, ``guidance_scale``: see
+    :func:`conditioned`.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
+    model = conditioned(model, y, guidance_scale)
     alpha_bars = schedule.alpha_bars.double().tolist()  # scalars in float64, read once
 
     def update(x_t, prediction, t, i, i_prev):

@@ -21,9 +21,15 @@ from .embedding import SinusoidalEmbedding
 
 
 class UNet(nn.Module):
-    """``UNet(in_channels, base_dim, dim_mults)(x [B, C, H, W], t long [B]) -> eps_hat [B, C, H, W]``."""
+    """``UNet(in_channels, base_dim, dim_mults)(x [B, C, H, W], t long [B]) -> eps_hat [B, C, H, W]``.
 
-    def __init__(self, in_channels: int = 1, base_dim: int = 32, dim_mults=(1, 2, 4)):
+    With ``num_classes=K`` the network is class-conditional, ``model(x, t, y)``: ``y`` long ``[B]``
+    holds a class in 0..K-1, or K, the null class ("no label"), which classifier-free guidance
+    needs (Ho & Salimans 2022); a learned embedding of y joins the time embedding. Without ``y``
+    every image gets the null class.
+    """
+
+    def __init__(self, in_channels: int = 1, base_dim: int = 32, dim_mults=(1, 2, 4), num_classes: int | None = None):
         super().__init__()
         dim_mults = tuple(dim_mults)
         if not isinstance(in_channels, int) or in_channels < 1:
@@ -32,8 +38,13 @@ class UNet(nn.Module):
             raise ValueError(f"base_dim must be an even integer >= 2 (it sizes the time embedding), got {base_dim!r}")
         if not dim_mults or not all(isinstance(m, int) and m >= 1 for m in dim_mults):
             raise ValueError(f"dim_mults must be a non-empty sequence of positive integers, got {dim_mults!r}")
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
         # Plain constructor arguments, kept so a checkpoint can rebuild the same network.
         self.config = {"in_channels": in_channels, "base_dim": base_dim, "dim_mults": dim_mults}
+        if num_classes is not None:
+            self.config["num_classes"] = num_classes
+        self.num_classes = num_classes
         self.in_channels = in_channels
         self.divisor = 2 ** (len(dim_mults) - 1)  # total downsampling factor
 
@@ -46,6 +57,8 @@ class UNet(nn.Module):
             nn.GELU(),
             nn.Linear(time_dim, time_dim),
         )
+        # One vector per class and one for the null class K, added to the time embedding.
+        self.label_emb = nn.Embedding(num_classes + 1, time_dim) if num_classes is not None else None
         self.stem = nn.Conv2d(in_channels, base_dim, kernel_size=7, padding=3)
 
         self.down = nn.ModuleList()
@@ -72,7 +85,7 @@ class UNet(nn.Module):
         self.out_block = ConvNeXtBlock(2 * base_dim, base_dim, time_dim)  # + the stem's output
         self.out_conv = nn.Conv2d(base_dim, in_channels, kernel_size=1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(f"UNet expects images [B, C, H, W], got shape {list(x.shape)}")
         B, C, H, W = x.shape
@@ -86,6 +99,10 @@ class UNet(nn.Module):
             raise ValueError(f"t must have shape [B] = [{B}], got {list(t.shape)}")
 
         emb = self.time_mlp(t)  # [B, 4 * base]
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(self._labels(y, B, x.device))  # [B, 4 * base]
+        elif y is not None:
+            raise ValueError("this UNet was built without num_classes, so it takes no labels y")
         h = self.stem(x)  # [B, base, H, W]
         skips = [h]
         for block1, block2, resample in self.down:
@@ -102,3 +119,15 @@ class UNet(nn.Module):
             h = resample(h)  # [B, c_in, 2H, 2W] (same size on the last level)
         h = self.out_block(torch.cat([h, skips.pop()], dim=1), emb)  # [B, 2 * base, H, W] -> [B, base, H, W]
         return self.out_conv(h)  # [B, C, H, W]
+
+    def _labels(self, y, B: int, device) -> torch.Tensor:
+        """``y`` checked as long [B] in 0..K; None means the null class K for every image."""
+        K = self.num_classes
+        if y is None:
+            return torch.full((B,), K, dtype=torch.long, device=device)
+        if y.shape != (B,) or y.dtype.is_floating_point:
+            raise ValueError(f"y must hold integer class labels of shape [B] = [{B}], got {y.dtype} {list(y.shape)}")
+        if y.device.type == "cpu" and B and (int(y.min()) < 0 or int(y.max()) > K):
+            raise ValueError(f"class labels must lie in [0, {K}] ({K} is the null class), got "
+                             f"[{int(y.min())}, {int(y.max())}]")
+        return y.to(device=device, dtype=torch.long)

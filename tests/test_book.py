@@ -11,7 +11,7 @@ from ddpm_lib import book
 from ddpm_lib.vae import VAE
 
 PACKAGE = Path(dl.__file__).parent
-CORE = ["schedule", "diffusion", "sampling", "ode", "timesteps", "analytic", "embedding", "blocks", "unet",
+CORE = ["schedule", "diffusion", "sampling", "ode", "timesteps", "flow", "analytic", "embedding", "blocks", "unet",
         "train", "loop", "ema", "checkpoint", "hub", "data", "metrics", "vae", "gan", "plotting", "utils"]
 
 

@@ -11,6 +11,8 @@ from ddpm_lib.vae import VAE
 MODELS = {
     "UNet": (lambda: dl.UNet(in_channels=3, base_dim=8, dim_mults=(1, 2)),
              lambda: (torch.randn(2, 3, 8, 8), torch.tensor([0, 5]))),
+    "conditional UNet": (lambda: dl.UNet(in_channels=1, base_dim=8, dim_mults=(1, 2), num_classes=10),
+                         lambda: (torch.randn(2, 1, 8, 8), torch.tensor([0, 5]), torch.tensor([3, 10]))),
     "VAE": (lambda: VAE(latent_dim=3, width=8), lambda: (torch.rand(2, 1, 28, 28) * 2 - 1,)),
     "Generator": (lambda: Generator(latent_dim=5, width=8), lambda: (torch.randn(2, 5),)),
     "Discriminator": (lambda: Discriminator(width=8), lambda: (torch.rand(2, 1, 28, 28) * 2 - 1,)),

@@ -1,0 +1,68 @@
+"""Flow matching against exact answers for Gaussian data (derivations in ddpm_lib.analytic)."""
+
+import math
+
+import pytest
+import torch
+
+import ddpm_lib as dl
+from ddpm_lib.flow import TIME_SCALE, flow_path
+from toy_data import squares
+
+MU, S = 0.3, 0.5
+
+
+def test_the_path_runs_from_data_to_noise():
+    x0, eps = torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2)
+    torch.testing.assert_close(flow_path(x0, eps, torch.zeros(3)), x0)
+    torch.testing.assert_close(flow_path(x0, eps, torch.ones(3)), eps)
+    torch.testing.assert_close(flow_path(x0, eps, torch.full((3,), 0.25)), 0.75 * x0 + 0.25 * eps)
+
+
+@pytest.mark.parametrize("method,order", [("euler", 1.0), ("heun", 2.0)])
+def test_euler_and_heun_converge_to_the_exact_map_at_their_order(method, order):
+    # The exact ODE maps x_1 = z to mu + s z. Error ~ C / N^p: doubling the steps divides it by 2^p.
+    x_1 = torch.randn(512, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = MU + S * x_1
+    field = dl.GaussianVelocity(MU, S)
+    errors = [(dl.flow_sample(field, x_1, num_steps=n, method=method) - exact).abs().max().item()
+              for n in (16, 32, 64, 128)]
+    orders = [math.log2(errors[k] / errors[k + 1]) for k in range(3)]
+    assert all(abs(p - order) < 0.15 for p in orders[1:]), (errors, orders)
+    # The exact field's samples have the data's moments (Heun at 128 steps: error below 1e-4).
+    if method == "heun":
+        sample = dl.flow_sample(field, x_1, num_steps=128, method="heun")
+        assert errors[-1] < 1e-4 and abs(sample.std().item() / x_1.std().item() - S) < 1e-4
+
+
+def test_the_exact_velocity_attains_the_smallest_flow_matching_loss():
+    # Per pixel, E[(eps - x0 - v*)^2 | tau] = Var(eps - x0) - Cov^2 / V
+    #   = 1 + s^2 - (tau - (1 - tau) s^2)^2 / ((1 - tau)^2 s^2 + tau^2); average it over tau ~ U(0, 1).
+    tau = torch.linspace(0, 1, 200_001, dtype=torch.float64)
+    conditional = 1 + S**2 - (tau - (1 - tau) * S**2) ** 2 / ((1 - tau) ** 2 * S**2 + tau**2)
+    theory = torch.trapezoid(conditional, tau).item()
+
+    field = dl.GaussianVelocity(MU, S)
+    exact_model = lambda x, t: field(x, t / TIME_SCALE)  # noqa: E731  the network's contract
+    scaled_model = lambda x, t: 0.9 * field(x, t / TIME_SCALE)  # noqa: E731  any other field does worse
+    x0 = MU + S * torch.randn(200_000, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    batch = dl.Batch(x0)
+    loss = dl.flow_matching_loss(exact_model, batch, torch.Generator().manual_seed(2)).item()
+    worse = dl.flow_matching_loss(scaled_model, batch, torch.Generator().manual_seed(2)).item()
+    assert loss == pytest.approx(theory, rel=0.01)
+    assert worse > loss * 1.005
+
+
+def test_flow_matching_trains_a_unet_through_the_shared_loop_and_counts_its_evaluations():
+    torch.manual_seed(0)
+    net = dl.UNet(1, 8, (1, 2))
+    result = dl.train(net, images=squares(32), loss_fn=dl.flow_matching_loss, steps=80, batch_size=32, lr=3e-3,
+                      device="cpu", progress=False)
+    assert sum(result.losses[-10:]) < 0.75 * sum(result.losses[:10])
+    x_1 = torch.randn(2, 1, 8, 8)
+    for method, nfe in (("euler", 6), ("heun", 12)):
+        with dl.count_nfe() as counter:
+            x = dl.flow_sample(dl.flow_velocity(result.ema), x_1, num_steps=6, method=method)
+        assert counter.nfe == nfe and x.shape == x_1.shape
+    with pytest.raises(ValueError, match="method"):
+        dl.flow_sample(dl.flow_velocity(net), x_1, method="rk4")
