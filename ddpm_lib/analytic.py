@@ -48,6 +48,8 @@ class GaussianVelocity(nn.Module):
 
     def __init__(self, mu, s):
         super().__init__()
+        if not bool((torch.as_tensor(s) > 0).all()):
+            raise ValueError("s must be positive: with s = 0 the data is a point and V vanishes at tau = 0")
         self.register_buffer("mu", torch.as_tensor(mu, dtype=torch.float32), persistent=False)
         self.register_buffer("s", torch.as_tensor(s, dtype=torch.float32), persistent=False)
 

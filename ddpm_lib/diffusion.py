@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .distributed import unwrap
 from .schedule import NoiseSchedule
 
 
@@ -118,16 +119,18 @@ def q_posterior(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t)
 
 
 def ddpm_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, *, y: torch.Tensor | None = None,
-              generator: torch.Generator | None = None):
+              t: torch.Tensor | None = None, eps: torch.Tensor | None = None, generator: torch.Generator | None = None):
     """The simplified DDPM objective, L_simple (Ho et al. 2020, eq. 14; Algorithm 1).
 
     Draw t uniformly and eps ~ N(0, I), form x_t with eq. 4 and regress the model's eps_hat onto eps
-    with a mean squared error. ``generator`` (on ``x0.device``) makes the draws reproducible. ``y``:
-    class labels for a conditional model, ``model(x_t, t, y)``.
+    with a mean squared error. ``generator`` (on ``x0.device``) makes the draws reproducible; ``t``
+    and ``eps`` may be given instead. ``y``: class labels for a conditional model, ``model(x_t, t, y)``.
     """
     B = x0.shape[0]
-    t = torch.randint(0, schedule.T, (B,), device=x0.device, generator=generator)
-    eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    if t is None:
+        t = torch.randint(0, schedule.T, (B,), device=x0.device, generator=generator)
+    if eps is None:
+        eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     x_t, _ = q_sample(schedule, x0, t, eps)
     eps_hat = model(x_t, t) if y is None else model(x_t, t, y)
     if eps_hat.shape != eps.shape:
@@ -161,12 +164,17 @@ class DDPMLoss:
         return DDPMLoss(self.schedule.to(device), self.label_dropout)
 
     def __call__(self, model, batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.label_dropout is None:
-            return ddpm_loss(model, self.schedule, batch.images, generator=generator)
-        if batch.labels is None:
-            raise ValueError("a conditional DDPMLoss (label_dropout set) needs labels: pass train(..., labels=...)")
-        y = drop_labels(batch.labels, model.num_classes, self.label_dropout, generator)
-        return ddpm_loss(model, self.schedule, batch.images, y=y, generator=generator)
+        y, num_classes = None, getattr(unwrap(model), "num_classes", None)
+        if (self.label_dropout is None) != (num_classes is None):
+            raise ValueError("a class-conditional model (num_classes set) trains with DDPMLoss(schedule, "
+                             "label_dropout=p), an unconditional one without label_dropout")
+        if self.label_dropout is not None:
+            if batch.labels is None:
+                raise ValueError("a conditional DDPMLoss (label_dropout set) needs labels: pass train(..., labels=...)")
+            y = drop_labels(batch.labels, num_classes, self.label_dropout, batch.rand(generator))
+        # t, then eps: drawn through the batch so that a process sharing it draws its own rows.
+        t = batch.randint(self.schedule.T, generator)
+        return ddpm_loss(model, self.schedule, batch.images, y=y, t=t, eps=batch.randn(generator=generator))
 
     def __repr__(self) -> str:  # what a checkpoint records to refuse resuming with another objective
         betas = hashlib.sha256(self.schedule.betas.double().cpu().numpy().tobytes()).hexdigest()[:12]
@@ -174,7 +182,9 @@ class DDPMLoss:
         return f"DDPMLoss(schedule={self.schedule.name!r}, betas_sha256={betas!r}{dropout})"
 
 
-def drop_labels(y: torch.Tensor, null: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``y`` [B] with each label replaced by the null class ``null`` with probability ``p``."""
-    drop = torch.rand(y.shape, device=y.device, generator=generator) < p
-    return torch.where(drop, torch.full_like(y, null), y)
+def drop_labels(y: torch.Tensor, null: int, p: float, u: torch.Tensor) -> torch.Tensor:
+    """``y`` [B] with each label replaced by the null class ``null`` with probability ``p``.
+
+    ``u`` [B]: uniform numbers in [0, 1); label k is dropped when u[k] < p.
+    """
+    return torch.where(u < p, torch.full_like(y, null), y)

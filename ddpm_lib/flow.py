@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .distributed import unwrap
 from .sampling import count_call
 
 TIME_SCALE = 1000.0  # tau in [0, 1] -> the network's time input in [0, 1000]
@@ -34,10 +35,11 @@ def flow_matching_loss(model, batch, generator: torch.Generator | None = None) -
     Draw tau ~ U(0, 1) and eps ~ N(0, I), form x_tau on the straight path and regress the network's
     output onto the path's velocity eps - x0 with a mean squared error (per pixel, like L_simple).
     """
+    if getattr(unwrap(model), "num_classes", None) is not None:
+        raise ValueError("flow_matching_loss trains unconditional models; this one is class-conditional")
     x0 = batch.images
-    B = x0.shape[0]
-    tau = torch.rand(B, device=x0.device, generator=generator)
-    eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    tau = batch.rand(generator)  # [B]; drawn through the batch, like every objective's random numbers
+    eps = batch.randn(generator=generator)
     v_hat = model(flow_path(x0, eps, tau), TIME_SCALE * tau)
     if v_hat.shape != x0.shape:
         raise ValueError(f"the model returned shape {list(v_hat.shape)} for images {list(x0.shape)}")
@@ -56,8 +58,10 @@ def flow_sample(velocity_fn, x_1: torch.Tensor, *, num_steps: int = 50, method: 
 
     ``velocity_fn(x [B, C, H, W], tau float [B]) -> v [B, C, H, W]``. ``method="euler"`` takes one
     evaluation a step, ``"heun"`` two (Euler's step, then the average of the slopes at both ends:
-    second order). Evaluations are counted by :func:`ddpm_lib.count_nfe`.
-    ``callback(tau_next, x)`` is called after every step.
+    second order). Evaluations are counted by :func:`ddpm_lib.count_nfe`. Like the diffusion
+    samplers' callbacks, ``callback(tau, x_next, x0_hat)`` is called after every step with the time
+    just evaluated, the new sample and the clean image the velocity points to, x0_hat = x - tau v
+    (on the straight path x = (1 - tau) x0 + tau eps and v = eps - x0).
     """
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
@@ -78,11 +82,12 @@ def flow_sample(velocity_fn, x_1: torch.Tensor, *, num_steps: int = 50, method: 
     for tau, tau_next in zip(taus[:-1], taus[1:]):
         h = tau_next - tau  # negative: we integrate towards the data
         slope = v(x, tau)
+        x0_hat = x - tau * slope
         if method == "euler":
             x = x + h * slope
         else:
             x_euler = x + h * slope
             x = x + h * 0.5 * (slope + v(x_euler, tau_next))
         if callback is not None:
-            callback(tau_next, x)
+            callback(tau, x, x0_hat)
     return x

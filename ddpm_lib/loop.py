@@ -15,14 +15,43 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import to_model_range
+from .distributed import World, mean_over_processes
 from .utils import pick_device
 
 
 class Batch(NamedTuple):
-    """One training batch: ``images`` float ``[B, C, H, W]`` in [-1, 1]; ``labels`` long ``[B]`` or None."""
+    """One training batch: ``images`` float ``[B, C, H, W]`` in [-1, 1]; ``labels`` long ``[B]`` or None.
+
+    When several processes share each batch (:mod:`ddpm_lib.distributed`), ``part = (start, stop,
+    total)`` says which rows of the whole batch this process holds. Objectives draw their random
+    numbers through :meth:`randn`, :meth:`rand` and :meth:`randint`, which draw for the whole batch
+    and keep these rows, so that every row gets the numbers it would get in a single process.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor | None = None
+    part: tuple[int, int, int] | None = None
+
+    def _draw(self, sample):
+        """``sample(rows)`` for every row of the whole batch, then this process's rows."""
+        if self.part is None:
+            return sample(len(self.images))
+        start, stop, total = self.part
+        return sample(total)[start:stop]
+
+    def randn(self, *per_row, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard normal noise ``[B, *per_row]`` (default: the images' shape), on the images' device."""
+        shape = per_row or tuple(self.images.shape[1:])
+        return self._draw(lambda n: torch.randn((n, *shape), generator=generator, device=self.images.device,
+                                                dtype=self.images.dtype))
+
+    def rand(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Uniform numbers in [0, 1), ``[B]``."""
+        return self._draw(lambda n: torch.rand(n, generator=generator, device=self.images.device))
+
+    def randint(self, high: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Integers in [0, high), ``[B]``."""
+        return self._draw(lambda n: torch.randint(0, high, (n,), generator=generator, device=self.images.device))
 
 
 @dataclass
@@ -114,12 +143,15 @@ class BatchSampler:
     A batch is never larger than the data set: ``batch_size`` is capped at N.
     """
 
-    def __init__(self, images, labels, batch_size: int, *, sampling: str, seed: int, generator: torch.Generator):
+    def __init__(self, images, labels, batch_size: int, *, sampling: str, seed: int, generator: torch.Generator,
+                 world: World = World()):
         if sampling not in ("epochs", "replacement"):
             raise ValueError(f"sampling must be 'epochs' or 'replacement', got {sampling!r}")
         self.images, self.labels, self.sampling = images, labels, sampling
-        self.seed, self.generator = seed, generator
+        self.seed, self.generator, self.world = seed, generator, world
         self.batch_size = min(batch_size, len(images))
+        if self.batch_size % world.size:
+            raise ValueError(f"a batch of {self.batch_size} cannot be shared equally by {world.size} processes")
         self.per_epoch = len(images) // self.batch_size
         self._epoch, self._order = -1, None
 
@@ -135,33 +167,15 @@ class BatchSampler:
         return self._order[k * B:(k + 1) * B]
 
     def __call__(self, step: int, device: torch.device) -> Batch:
-        idx = self.indices(step)
+        idx, part = self.indices(step), None  # every process draws the same whole batch...
+        if self.world.size > 1:  # ...and keeps its own share of the rows
+            share = self.batch_size // self.world.size
+            part = (self.world.rank * share, (self.world.rank + 1) * share, self.batch_size)
+            idx = idx[part[0]:part[1]]
         # Indexing keeps the images' memory format, so channels-last data gives channels-last batches.
         images = self.images[idx].to(device, non_blocking=True)  # [B, C, H, W]
         labels = self.labels[idx.to(self.labels.device)].to(device) if self.labels is not None else None
-        return Batch(images, labels)
-
-
-def autocast_dtype(device) -> torch.dtype | None:
-    """The mixed-precision type the hardware runs fast, or None for plain float32.
-
-    bfloat16 on CUDA GPUs of compute capability 8.0 or more (Ampere, Hopper, ...); float16 on 7.x
-    (Volta, Turing: the T4), whose tensor cores run fp16, and whose bf16 is only emulated, with no
-    cuDNN bf16 convolutions; None on older GPUs, on CPUs and on Apple's MPS.
-    """
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    major, _ = torch.cuda.get_device_capability(device)
-    return torch.bfloat16 if major >= 8 else torch.float16 if major == 7 else None
-
-
-def amp_dtype(amp, device: torch.device) -> torch.dtype | None:
-    """Resolve ``amp`` ("auto", "bf16", "fp16" or "off") to an autocast dtype, None meaning off."""
-    choices = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
-    if amp not in choices:
-        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
-    return autocast_dtype(device) if amp == "auto" else choices[amp]
+        return Batch(images, labels, part)
 
 
 class Recorder:
@@ -172,12 +186,12 @@ class Recorder:
     """
 
     def __init__(self, *, steps: int, start: int = 0, history: dict | None = None, desc: str = "training",
-                 progress: bool = True, shown=("loss",)):
+                 progress: bool = True, shown=("loss",), world: World = World()):
         self.history = {k: list(v) for k, v in (history or {}).items()}
-        self.shown = shown
+        self.shown, self.world = shown, world
         self._names: list[str] | None = None
         self._pending: list[torch.Tensor] = []
-        self.bar = tqdm(total=steps, initial=start, disable=not progress, desc=desc, unit="step",
+        self.bar = tqdm(total=steps, initial=start, disable=not (progress and world.is_main), desc=desc, unit="step",
                         mininterval=1.0, dynamic_ncols=True)
 
     def add(self, values: dict) -> None:
@@ -189,7 +203,8 @@ class Recorder:
     def flush(self) -> None:
         if not self._pending:
             return
-        rows = torch.stack(self._pending).tolist()  # [steps, quantities], one device-to-host copy
+        # [steps, quantities]: the mean over the processes' shares, then one device-to-host copy.
+        rows = mean_over_processes(torch.stack(self._pending), self.world).tolist()
         self._pending.clear()
         for j, name in enumerate(self._names):
             self.history.setdefault(name, []).extend(row[j] for row in rows)

@@ -27,11 +27,14 @@ from .timesteps import timestep_grid
 
 
 def _scales(schedule: NoiseSchedule, i: int) -> tuple[float, float]:
-    """(alpha, sigma_t) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)) at index i; (1, 0) for i = -1, the data."""
+    """(alpha, sigma_t) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)) at index i; (1, 0) for i = -1, the data.
+
+    Read from the schedule's square-root tables, computed in float64: 1 - alpha_bar formed from the
+    float32 alpha_bar can round to 0 at small t.
+    """
     if i < 0:
         return 1.0, 0.0
-    ab = float(schedule.alpha_bars.double()[i])
-    return math.sqrt(ab), math.sqrt(1.0 - ab)
+    return float(schedule.sqrt_alpha_bars[i]), float(schedule.sqrt_one_minus_alpha_bars[i])
 
 
 @torch.no_grad()
@@ -41,24 +44,31 @@ def heun_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
 
     Between two grid points it takes an Euler step, evaluates the network at the end, and replaces
     the slope by the average of the two; the last step, down to sigma = 0, is a plain Euler step
-    (Algorithm 1, line 7). That makes 2 * num_steps - 1 network evaluations. ``y``,
-    ``guidance_scale``: see :func:`~ddpm_lib.sampling.conditioned`.
+    (Algorithm 1, line 7). So is the first, out of the noisiest timestep: there sigma can be huge
+    (about 2e4 at T under the cosine schedule, against Karras et al.'s 80), and the trapezoid would
+    multiply the difference of two slopes by it. That makes 2 * num_steps - 2 network evaluations
+    (1 for a single step). Clipping is off by default, as the ODE's exact solution is unclipped.
+    ``y``, ``guidance_scale``: see :func:`~ddpm_lib.sampling.conditioned`.
     """
     model = conditioned(model, y, guidance_scale)
+    grid = timestep_grid(schedule, num_steps, spacing)
 
     def update(x_t, prediction, t, i, i_prev):
         (a, s), (a_next, s_next) = _scales(schedule, i), _scales(schedule, i_prev)
-        sigma, sigma_next = s / a, s_next / a_next  # Karras et al.'s noise levels
-        x_tilde = x_t / a  # [B, C, H, W]
-        euler = x_tilde + (sigma_next - sigma) * prediction.eps  # eq. 4, one Euler step
+        # In x_tilde = x / alpha the step is x_tilde + (sigma_next - sigma) eps (eq. 4), with
+        # sigma = s / a. Multiplied out in x, it never forms x / alpha, which overflows float16
+        # at the noisiest steps (alpha = 5e-5).
         if i_prev < 0:
-            return euler  # sigma_next = 0: the clean image
-        t_next = torch.full_like(t, i_prev)
-        slope_next = denoise(model, schedule, a_next * euler, t_next, clip_x0=clip_x0).eps
-        return a_next * (x_tilde + (sigma_next - sigma) * 0.5 * (prediction.eps + slope_next))  # the trapezoid
+            return prediction.x0  # Euler down to sigma = 0 lands on x0_hat: x / a - (s / a) eps
+        scale = a_next / a
+        h = s_next - scale * s  # a_next (sigma_next - sigma)
+        euler = scale * x_t + h * prediction.eps  # [B, C, H, W]
+        if i == grid[0]:
+            return euler
+        slope_next = denoise(model, schedule, euler, torch.full_like(t, i_prev), clip_x0=clip_x0).eps
+        return scale * x_t + h * 0.5 * (prediction.eps + slope_next)  # the trapezoid
 
-    return run_sampler(model, schedule, x_T, timestep_grid(schedule, num_steps, spacing), update, clip_x0=clip_x0,
-                       callback=callback)
+    return run_sampler(model, schedule, x_T, grid, update, clip_x0=clip_x0, callback=callback)
 
 
 @torch.no_grad()
@@ -75,7 +85,8 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_
     takes D = (1 + 1 / (2r)) x0_hat - 1 / (2r) x0_hat_prev, r = h_prev / h: a linear
     extrapolation of x0_hat in lambda, at no extra network evaluation. The first step has no
     previous x0_hat and the last one (to the data, h infinite) no use for one: both are first order.
-    One network evaluation per grid point: num_steps in all. ``y``, ``guidance_scale``: see
+    One network evaluation per grid point: num_steps in all. Clipping is off by default, as the
+    ODE's exact solution is unclipped. ``y``, ``guidance_scale``: see
     :func:`~ddpm_lib.sampling.conditioned`.
     """
     if order not in (1, 2):

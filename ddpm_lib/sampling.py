@@ -42,7 +42,8 @@ def count_nfe():
     """Count the network evaluations of every sampler run inside: ``with count_nfe() as c: ...; c.nfe``.
 
     Every sampler calls the network through :func:`denoise`, which is where the counting happens,
-    so a new sampler is counted without doing anything. One call on a batch is one evaluation.
+    so a new sampler is counted without doing anything. One call on a batch is one evaluation; a
+    guided call (:func:`conditioned`) is one evaluation of a batch twice as large.
     """
     counter = NFECount()
     _counters.append(counter)

@@ -9,6 +9,11 @@ index 0 (every sampler then takes one last step to the clean image). Three spaci
 - ``"karras"``: noise levels sigma = sqrt((1 - alpha_bar) / alpha_bar) spaced evenly in
   sigma^(1/rho), rho = 7, which crowds the steps near the data (Karras et al. 2022, eq. 5).
 
+For these two, steps above ``sigma_max = 80`` (Karras et al.'s largest noise level) are wasted: a
+schedule whose alpha_bar_T is tiny (the cosine schedule's is 2e-9, sigma about 2e4) would otherwise
+spend most of its grid where the image is pure noise. The grid then starts at T-1 and spaces the
+other points from sigma_max down.
+
 The network was trained on integer timesteps only, so each grid point is rounded to the nearest
 index, and indices that rounding merged are pushed apart to keep every step distinct.
 """
@@ -51,7 +56,8 @@ def _distinct(indices: np.ndarray, T: int) -> list[int]:
     return ints
 
 
-def timestep_grid(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform", rho: float = 7.0) -> list[int]:
+def timestep_grid(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform", *, rho: float = 7.0,
+                  sigma_max: float = 80.0) -> list[int]:
     """``num_steps`` distinct timestep indices from T-1 down to 0, spaced by ``spacing`` (see above)."""
     T = schedule.T
     if spacing not in SPACINGS:
@@ -59,14 +65,17 @@ def timestep_grid(schedule: NoiseSchedule, num_steps: int, spacing: str = "unifo
     if spacing == "uniform" or num_steps in (1, T):
         return ddim_timesteps(T, num_steps)
     ddim_timesteps(T, num_steps)  # the same check of num_steps
-    ab = schedule.alpha_bars.double().numpy()
-    index = np.arange(T, dtype=np.float64)
-    if spacing == "logsnr":
-        level = 0.5 * np.log(ab / (1 - ab))  # lambda_t, decreasing in t
-        targets = np.linspace(level[-1], level[0], num_steps)  # noisiest first
+    sigma = (schedule.sqrt_one_minus_alpha_bars.detach().cpu().double()
+             / schedule.sqrt_alpha_bars.detach().cpu().double()).numpy()  # increasing in t
+
+    def level(s):  # a quantity decreasing in t, in which the grid is evenly spaced
+        return -np.log(s) if spacing == "logsnr" else -(s ** (1 / rho))  # lambda = -log(sigma)
+
+    levels = level(sigma)
+    if sigma[-1] > sigma_max and num_steps > 2:  # T-1, then even steps from sigma_max down
+        targets = np.concatenate([[levels[-1]], np.linspace(level(sigma_max), levels[0], num_steps - 1)])
     else:
-        level = np.sqrt((1 - ab) / ab) ** (1 / rho)  # sigma_t^(1/rho), increasing in t
-        targets = np.linspace(level[-1], level[0], num_steps)
-        level, targets = -level, -targets  # make it decreasing like lambda
+        targets = np.linspace(levels[-1], levels[0], num_steps)  # noisiest first
+    index = np.arange(T, dtype=np.float64)
     # Invert the monotone map index -> level by linear interpolation (np.interp wants it increasing).
-    return _distinct(np.interp(targets, level[::-1], index[::-1]), T)
+    return _distinct(np.interp(targets, levels[::-1], index[::-1]), T)

@@ -21,8 +21,10 @@ from torch import nn
 from .checkpoint import check_state_dict, load_checkpoint, model_record, save_checkpoint
 from .diffusion import DDPMLoss
 from .ema import make_ema, update_ema
-from .loop import (BatchSampler, Recorder, TrainResult, amp_dtype, check_run, fits_on, prepare_images,
-                   prepare_labels, resolve_device)
+from .distributed import barrier, world
+from .loop import (BatchSampler, Recorder, TrainResult, check_run, fits_on, prepare_images, prepare_labels,
+                   resolve_device)
+from .precision import amp_dtype
 from .schedule import NoiseSchedule
 from .utils import device_name
 
@@ -66,6 +68,9 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
     - ``channels_last``: store activations as [B, H, W, C] in memory (the tensors keep their
       [B, C, H, W] shape); convolutions run faster that way, 1.5-1.8x on a CPU for this U-Net.
     - ``compile``: run the model through ``torch.compile`` (the weights and checkpoints are unchanged).
+    - Several processes: under ``torchrun`` each process trains on its share of every batch, and
+      all of them take the same steps (:mod:`ddpm_lib.distributed`); process 0 logs, calls
+      ``callback`` and writes the checkpoint.
 
     Returns a :class:`~ddpm_lib.loop.TrainResult`; ``losses, ema = train(...)`` unpacks it.
     """
@@ -83,6 +88,10 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
                          "objective is the same, so pass a module-level function or an object with a stable repr "
                          "(a dataclass, for example)")
     device = resolve_device(device)
+    processes = world(device.type)  # one process, or one of several started by torchrun
+    if processes.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", processes.local_rank)  # one GPU per process
+        torch.cuda.set_device(device)
     data = prepare_images(images, getattr(model, "in_channels", None))
     labels = prepare_labels(labels, len(data))
     if fits_on(device, data.numel() * data.element_size()):
@@ -96,12 +105,16 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
     dtype = amp_dtype(amp, device)
     # fp16's small range lets small gradients round to zero: scale the loss up, the gradients back down.
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    net = torch.compile(model) if compile else model  # shares its parameters with model
+    net = model  # what the objective calls; it shares its parameters with model
+    if processes.size > 1:  # averages the gradients of the processes' shares during backward
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = torch.compile(net) if compile else net
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), weight_decay=0.0,
                                   fused=device.type == "cuda")
     ema = make_ema(model)
     generator = torch.Generator(device=device).manual_seed(seed)
-    batches = BatchSampler(data, labels, batch_size, sampling=sampling, seed=seed, generator=generator)
+    batches = BatchSampler(data, labels, batch_size, sampling=sampling, seed=seed, generator=generator,
+                           world=processes)
     run = {"objective": objective, "device": device.type, "batch_size": batches.batch_size, "lr": lr,
            "betas": list(betas), "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed,
            "sampling": sampling, "amp": "off" if dtype is None else str(dtype).removeprefix("torch."),
@@ -127,7 +140,7 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
             raise ValueError(f"{checkpoint} is already {start} steps into training, "
                              f"more than steps={steps}")
 
-    recorder = Recorder(steps=steps, start=start, history=history, progress=progress)
+    recorder = Recorder(steps=steps, start=start, history=history, progress=progress, world=processes)
     clock = time.perf_counter()  # wall time of training, kept in the checkpoint across resumptions
     for step in range(start, steps):
         batch = batches(step, device)
@@ -158,14 +171,16 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
         saving = checkpoint is not None and (done % checkpoint_every == 0 or done == steps)
         if logging or saving:
             recorder.flush()
-        if saving:
+        if saving and processes.is_main:
             save_checkpoint(checkpoint, {
                 "step": done, "history": recorder.history, "run": run, "generator": generator.get_state(),
                 "seconds": seconds_before + time.perf_counter() - clock, "device": device_name(device),
                 **model_record(model), "model": model.state_dict(), "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None})
-        if logging and callback is not None:
+        if saving:
+            barrier(processes)  # no process runs ahead of a checkpoint that is still being written
+        if logging and callback is not None and processes.is_main:
             callback(done, ema, recorder.history.get("loss", []))
     recorder.close()
     return TrainResult(recorder.history, ema, seconds_before + time.perf_counter() - clock)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import unwrap
 from .train import train
 
 
@@ -57,10 +58,14 @@ class VAE(nn.Module):
         """The decoder's mean image, mapped to [-1, 1]."""
         return 2.0 * torch.sigmoid(self.decode_logits(z)) - 1.0
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        """Encode, draw z = mu + sigma * eps (the reparameterisation trick), decode: ``(logits, mu, logvar)``."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, eps: torch.Tensor | None = None):
+        """Encode, draw z = mu + sigma * eps (the reparameterisation trick), decode: ``(logits, mu, logvar)``.
+
+        ``eps`` [B, latent_dim]: the standard normal draw, if given; else drawn from ``generator``.
+        """
         mu, logvar = self.encode(x)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + (0.5 * logvar).exp() * eps
         return self.decode_logits(z), mu, logvar
 
@@ -96,7 +101,8 @@ class VAELoss:
     beta: float = 1.0
 
     def __call__(self, model: VAE, batch, generator: torch.Generator | None = None) -> dict:
-        logits, mu, logvar = model(batch.images, generator=generator)
+        eps = batch.randn(unwrap(model).latent_dim, generator=generator)  # [B, latent_dim]
+        logits, mu, logvar = model(batch.images, eps=eps)
         loss, reconstruction, kl = vae_loss(logits, batch.images, mu, logvar, self.beta)
         return {"loss": loss, "reconstruction": reconstruction, "kl": kl}
 

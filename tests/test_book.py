@@ -11,8 +11,9 @@ from ddpm_lib import book
 from ddpm_lib.vae import VAE
 
 PACKAGE = Path(dl.__file__).parent
-CORE = ["schedule", "diffusion", "sampling", "ode", "timesteps", "flow", "analytic", "embedding", "blocks", "unet",
-        "train", "loop", "ema", "checkpoint", "hub", "data", "metrics", "vae", "gan", "plotting", "utils"]
+CORE = ["schedule", "diffusion", "sampling", "ode", "timesteps", "flow", "evidence", "analytic", "embedding",
+        "blocks", "unet", "train", "loop", "ema", "precision", "distributed", "checkpoint", "hub", "data", "metrics",
+        "vae", "gan", "plotting", "utils"]
 
 
 def imported_modules(name):

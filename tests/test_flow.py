@@ -64,5 +64,17 @@ def test_flow_matching_trains_a_unet_through_the_shared_loop_and_counts_its_eval
         with dl.count_nfe() as counter:
             x = dl.flow_sample(dl.flow_velocity(result.ema), x_1, num_steps=6, method=method)
         assert counter.nfe == nfe and x.shape == x_1.shape
+
+
+def test_the_callback_sees_each_step_and_the_clean_image_the_velocity_points_to():
+    # With the exact field, x0_hat = x - tau v*(x, tau) is E[x0 | x_tau]; at tau = 1 (x = noise z),
+    # Cov(x0, x_1) = 0, so it is the data mean mu.
+    seen = []
+    x_1 = torch.randn(256, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    dl.flow_sample(dl.GaussianVelocity(MU, S), x_1, num_steps=4, callback=lambda tau, x, x0: seen.append((tau, x0)))
+    assert [tau for tau, _ in seen] == [1.0, 0.75, 0.5, 0.25]
+    torch.testing.assert_close(seen[0][1], torch.full_like(x_1, MU))
+    with pytest.raises(ValueError, match="s must be positive"):
+        dl.GaussianVelocity(MU, 0.0)
     with pytest.raises(ValueError, match="method"):
-        dl.flow_sample(dl.flow_velocity(net), x_1, method="rk4")
+        dl.flow_sample(dl.GaussianVelocity(MU, S), x_1, method="rk4")

@@ -10,22 +10,24 @@ K = 3  # classes; label K is the null class
 
 
 class LabelStub(torch.nn.Module):
-    """eps_hat = a constant per label, 0.1 (y + 1) for a class and -0.5 for the null class, so the
-    conditional and unconditional predictions are known exactly."""
+    """eps_hat = 0.1 x_t + 0.001 t + c_y with c_y = 0.1 (y + 1) for a class and -0.5 for the null
+    class: the conditional and unconditional predictions are known exactly, and they depend on the
+    x_t and t they are given, so a sampler that fed the wrong ones to either half would show."""
 
     num_classes = K
 
     def forward(self, x_t, t, y):
-        value = torch.where(y == K, torch.full_like(y, -5), y + 1).to(x_t.dtype) / 10  # [B]
-        return value.view(-1, 1, 1, 1).expand_as(x_t)
+        c = torch.where(y == K, torch.full_like(y, -5), y + 1).to(x_t.dtype) / 10  # [B]
+        return 0.1 * x_t + (0.001 * t.to(x_t.dtype) + c).view(-1, 1, 1, 1)
 
 
 def guided_stub(y, w):
-    """The guided combination eps_u + w (eps_c - eps_u), written out by hand (in the same dtype and
-    order of operations, so that it must agree to the last bit)."""
+    """The guided combination eps_u + w (eps_c - eps_u), written out by hand with the stub called
+    on each half separately (element-wise arithmetic, so it must agree to the last bit)."""
+    stub = LabelStub()
+
     def model(x_t, t):
-        eps_c = (y + 1).to(x_t.dtype).view(-1, 1, 1, 1).expand_as(x_t) / 10
-        eps_u = torch.full_like(y, -5).to(x_t.dtype).view(-1, 1, 1, 1).expand_as(x_t) / 10
+        eps_c, eps_u = stub(x_t, t, y), stub(x_t, t, torch.full_like(y, K))
         return eps_u + w * (eps_c - eps_u)
     return model
 
@@ -92,11 +94,12 @@ def test_label_dropout_drops_the_expected_fraction():
     # Each label is dropped independently with p = 0.1: the dropped count of n is Binomial(n, p),
     # standard deviation sqrt(n p (1 - p)) = 95 for n = 100,000; allow 5 of them.
     y = torch.randint(0, K, (100_000,), generator=torch.Generator().manual_seed(0))
-    dropped = drop_labels(y, K, 0.1, torch.Generator().manual_seed(1))
+    dropped = drop_labels(y, K, 0.1, torch.rand(100_000, generator=torch.Generator().manual_seed(1)))
     n_null = int((dropped == K).sum())
     assert abs(n_null - 10_000) < 5 * 95
     assert torch.equal(dropped[dropped != K], y[dropped != K])  # the others are untouched
-    assert torch.equal(drop_labels(y, K, 0.0), y) and bool((drop_labels(y, K, 1.0) == K).all())
+    u = torch.rand(100_000)
+    assert torch.equal(drop_labels(y, K, 0.0, u), y) and bool((drop_labels(y, K, 1.0, u) == K).all())
 
 
 def test_a_conditional_model_trains_through_the_shared_loop(tmp_path):
@@ -112,3 +115,10 @@ def test_a_conditional_model_trains_through_the_shared_loop(tmp_path):
     assert dl.load_model(tmp_path / "c.pt").num_classes == 2
     with pytest.raises(ValueError, match="needs labels"):
         dl.train(dl.UNet(1, 8, (1, 2), num_classes=2), images=images, loss_fn=loss_fn, steps=1, device="cpu")
+    # A conditional model with an unconditional objective, or the reverse, would silently learn the
+    # wrong thing (only the null class, or nothing of the labels).
+    conditional, plain = dl.UNet(1, 8, (1, 2), num_classes=2), dl.UNet(1, 8, (1, 2))
+    for model, objective in ((conditional, dl.DDPMLoss(dl.cosine_schedule(50))), (plain, loss_fn),
+                             (conditional, dl.flow_matching_loss)):
+        with pytest.raises(ValueError, match="conditional"):
+            dl.train(model, images=images, labels=labels, loss_fn=objective, steps=1, device="cpu", progress=False)

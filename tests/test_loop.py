@@ -10,7 +10,8 @@ from toy_data import squares
 
 import ddpm_lib as dl
 from ddpm_lib.ema import ema_decay
-from ddpm_lib.loop import BatchSampler, Recorder, amp_dtype
+from ddpm_lib.loop import BatchSampler, Recorder
+from ddpm_lib.precision import amp_dtype
 
 
 class Affine(nn.Module):

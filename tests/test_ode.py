@@ -31,15 +31,15 @@ def exact_setup(T):
 
 
 SAMPLERS = {
-    "ddim": (lambda m, s, x, n: dl.ddim_sample(m, s, x, num_steps=n, clip_x0=False, spacing="logsnr"), 1.0),
-    "heun": (lambda m, s, x, n: dl.heun_sample(m, s, x, num_steps=n, spacing="logsnr"), 2.0),
-    "dpm_solver_2m": (lambda m, s, x, n: dl.dpm_solver_sample(m, s, x, num_steps=n, spacing="logsnr"), 2.0),
+    "ddim": (lambda m, s, x, n: dl.ddim_sample(m, s, x, num_steps=n, clip_x0=False, spacing="karras"), 1.0),
+    "heun": (lambda m, s, x, n: dl.heun_sample(m, s, x, num_steps=n, spacing="karras"), 2.0),
+    "dpm_solver_2m": (lambda m, s, x, n: dl.dpm_solver_sample(m, s, x, num_steps=n, spacing="karras"), 2.0),
 }
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_each_ode_sampler_converges_at_its_order(name):
-    # Error ~ C / N^p: doubling the steps divides it by 2^p. The log-SNR grid reaches the
+    # Error ~ C / N^p: doubling the steps divides it by 2^p. Karras et al.'s grid reaches the
     # asymptotic regime within a few hundred steps; T = 4001 leaves room to double them.
     sample, order = SAMPLERS[name]
     schedule, model, x_T, exact = exact_setup(4001)
@@ -47,6 +47,42 @@ def test_each_ode_sampler_converges_at_its_order(name):
     orders = [math.log2(errors[k] / errors[k + 1]) for k in range(2)]
     assert all(abs(p - order) < 0.15 for p in orders), (errors, orders)
     assert errors[-1] < 0.025
+
+
+def test_dpm_solver_2m_takes_the_steps_of_algorithm_2_written_out():
+    # On a uniform grid of 5 points the ratio r = h_prev / h swings from about 0.3 to about 10, so
+    # a wrong r or a wrong coefficient shows. Lu et al. 2022 ("DPM-Solver++"), Algorithm 2, with
+    # alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar), lambda = log(alpha / sigma).
+    schedule, model, x_T, _ = exact_setup(1000)
+    grid = timestep_grid(schedule, 5, "uniform")
+    a = [float(schedule.sqrt_alpha_bars[i]) for i in grid]
+    s = [float(schedule.sqrt_one_minus_alpha_bars[i]) for i in grid]
+    lam = [math.log(ai / si) for ai, si in zip(a, s)]
+    x, x0_prev = x_T, None
+    for k, i in enumerate(grid):
+        x0 = dl.denoise(model, schedule, x, torch.full((len(x),), i)).x0
+        if k == len(grid) - 1:
+            x = x0  # the last step, to sigma = 0, is first order: x = D = x0_hat
+            break
+        h = lam[k + 1] - lam[k]
+        if x0_prev is None:
+            D = x0
+        else:
+            r = (lam[k] - lam[k - 1]) / h
+            D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+        x = s[k + 1] / s[k] * x - a[k + 1] * (math.exp(-h) - 1) * D
+        x0_prev = x0
+    ratios = [(lam[k] - lam[k - 1]) / (lam[k + 1] - lam[k]) for k in range(1, len(grid) - 1)]
+    assert min(ratios) < 0.5 and max(ratios) > 5
+    torch.testing.assert_close(dl.dpm_solver_sample(model, schedule, x_T, num_steps=5), x, rtol=1e-9, atol=1e-9)
+
+
+def test_heun_stays_finite_in_float16():
+    # x / alpha would reach |x_T| / 5e-5, beyond float16's largest number, 65504, at the first step.
+    schedule = dl.cosine_schedule(1000)
+    model = dl.GaussianDenoiser(schedule, MU, S).half()
+    x_T = 4 * torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0)).half()
+    assert torch.isfinite(dl.heun_sample(model, schedule, x_T, num_steps=10)).all()
 
 
 def test_first_order_dpm_solver_is_ddim():
@@ -65,7 +101,7 @@ def test_every_sampler_reports_its_network_evaluations():
     x_T = torch.randn(2, 1, 2, 2)
     runs = {"ddpm": (lambda: dl.ddpm_sample(model, schedule, x_T), 50),
             "ddim": (lambda: dl.ddim_sample(model, schedule, x_T, num_steps=10), 10),
-            "heun": (lambda: dl.heun_sample(model, schedule, x_T, num_steps=10), 19),  # 2N - 1
+            "heun": (lambda: dl.heun_sample(model, schedule, x_T, num_steps=10), 18),  # 2N - 2
             "dpm": (lambda: dl.dpm_solver_sample(model, schedule, x_T, num_steps=10), 10)}
     for name, (run, nfe) in runs.items():
         with dl.count_nfe() as counter:
@@ -105,8 +141,16 @@ def test_timestep_grids_are_distinct_descending_and_spaced_as_named():
     linear = dl.linear_schedule(1000)
     ab = linear.alpha_bars.double()
     lam = 0.5 * torch.log(ab / (1 - ab))
-    gaps = lam[timestep_grid(linear, 50, "logsnr")].diff()[:-12]  # the last few: indices 1 apart
+    gaps = lam[timestep_grid(linear, 50, "logsnr")].diff()[1:-12]  # the last few: indices 1 apart
     assert gaps.std() < 0.05 * gaps.mean().abs()
+    # Karras spacing: even steps in sigma^(1/7), from sigma_max = 80 down (after the first point, T-1).
+    root = ((1 - ab) / ab).sqrt() ** (1 / 7)
+    grid = timestep_grid(linear, 50, "karras")
+    assert root[grid[0]] > 80 ** (1 / 7) and abs(root[grid[1]] - 80 ** (1 / 7)) < 0.02
+    gaps = root[grid].diff()[1:-12]
+    assert gaps.std() < 0.05 * gaps.mean().abs()
+    # The cosine schedule's sigma_T is about 2e4: the grid leaves that stretch in one step.
+    assert 900 < timestep_grid(schedule, 10, "karras")[1] < 999
     with pytest.raises(ValueError, match="spacing"):
         timestep_grid(schedule, 10, "quadratic")
     with pytest.raises(ValueError, match="num_steps"):

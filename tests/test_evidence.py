@@ -1,0 +1,50 @@
+"""The evidence tools: bootstrap intervals, nearest-neighbour distances, the share of grey pixels."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm_lib.evidence import bootstrap, intervals_separate, nearest_distances, normal_interval, undecided_fraction
+
+
+def test_bootstrap_interval_of_a_mean_matches_the_standard_error():
+    # For the mean of n draws of N(0, 1) the standard error is 1 / sqrt(n) and the central 95%
+    # interval is about -/+ 1.96 / sqrt(n) around the sample mean. 400 resamples estimate that
+    # width to a few percent.
+    n = 2_000
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    result = bootstrap(lambda idx: x[idx].mean(), n, num_resamples=400, seed=1)
+    assert result["value"] == pytest.approx(x.mean().item())
+    assert result["low"] < result["value"] < result["high"]
+    assert result["std"] == pytest.approx(1 / math.sqrt(n), rel=0.1)
+    assert result["high"] - result["low"] == pytest.approx(2 * 1.96 / math.sqrt(n), rel=0.15)
+    assert bootstrap(lambda idx: x[idx].mean(), n, seed=1) == bootstrap(lambda idx: x[idx].mean(), n, seed=1)
+    with pytest.raises(ValueError, match="num_resamples"):
+        bootstrap(lambda idx: 0.0, n, num_resamples=1)
+
+
+def test_intervals_separate_only_without_overlap():
+    a, b, c = {"low": 0.0, "high": 1.0}, {"low": 0.5, "high": 2.0}, {"low": 1.5, "high": 2.0}
+    assert not intervals_separate(a, b) and intervals_separate(a, c) and intervals_separate(c, a)
+    low, high = normal_interval(10.0, 2.0)
+    assert low == pytest.approx(10 - 1.959964 * 2) and high == pytest.approx(10 + 1.959964 * 2)
+
+
+def test_nearest_distances_find_copies_and_measure_the_rest():
+    refs = torch.zeros(5, 1, 2, 2)
+    for k in range(5):
+        refs[k] += k  # reference k is a constant image of value k: distance between k and j is 2 |k - j|
+    queries = torch.stack([refs[3], refs[1] + 0.25, refs[4] + 3])
+    d, idx = nearest_distances(queries, refs, batch_size=2)
+    assert idx.tolist() == [3, 1, 4]
+    torch.testing.assert_close(d, torch.tensor([0.0, 0.5, 6.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="values each"):
+        nearest_distances(torch.zeros(1, 3), refs)
+
+
+def test_undecided_fraction_counts_grey_pixels():
+    ink_and_paper = torch.tensor([-1.0, 1.0, -1.0, 1.0])
+    assert undecided_fraction(ink_and_paper) == 0.0
+    half_grey = torch.tensor([-1.0, 0.0, 0.1, 1.0])  # 0.0 -> 0.5 and 0.1 -> 0.55 are grey
+    assert undecided_fraction(half_grey) == 0.5
