@@ -21,20 +21,9 @@ import math
 
 import torch
 
-from .sampling import conditioned, denoise, run_sampler
+from .sampling import conditioned, denoise, run_sampler, scales
 from .schedule import NoiseSchedule
 from .timesteps import timestep_grid
-
-
-def _scales(schedule: NoiseSchedule, i: int) -> tuple[float, float]:
-    """(alpha, sigma_t) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)) at index i; (1, 0) for i = -1, the data.
-
-    Read from the schedule's square-root tables, computed in float64: 1 - alpha_bar formed from the
-    float32 alpha_bar can round to 0 at small t.
-    """
-    if i < 0:
-        return 1.0, 0.0
-    return float(schedule.sqrt_alpha_bars[i]), float(schedule.sqrt_one_minus_alpha_bars[i])
 
 
 @torch.no_grad()
@@ -54,7 +43,7 @@ def heun_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
     grid = timestep_grid(schedule, num_steps, spacing)
 
     def update(x_t, prediction, t, i, i_prev):
-        (a, s), (a_next, s_next) = _scales(schedule, i), _scales(schedule, i_prev)
+        (a, s), (a_next, s_next) = scales(schedule, i), scales(schedule, i_prev)
         # In x_tilde = x / alpha the step is x_tilde + (sigma_next - sigma) eps (eq. 4), with
         # sigma = s / a. Multiplied out in x, it never forms x / alpha, which overflows float16
         # at the noisiest steps (alpha = 5e-5).
@@ -95,7 +84,7 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_
     history = []  # (lambda, x0_hat) of the previous grid point
 
     def update(x_t, prediction, t, i, i_prev):
-        (a, s), (a_next, s_next) = _scales(schedule, i), _scales(schedule, i_prev)
+        (a, s), (a_next, s_next) = scales(schedule, i), scales(schedule, i_prev)
         lam = math.log(a / s)
         D = prediction.x0
         if i_prev < 0:

@@ -82,6 +82,17 @@ def conditioned(model, y: torch.Tensor | None = None, guidance_scale: float | No
     return guided
 
 
+def scales(schedule: NoiseSchedule, i: int) -> tuple[float, float]:
+    """(alpha, sigma_t) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)) at index i; (1, 0) for i = -1, the data.
+
+    Read from the schedule's square-root tables, computed in float64: 1 - alpha_bar formed from the
+    float32 alpha_bar can round to 0 at small t.
+    """
+    if i < 0:
+        return 1.0, 0.0
+    return float(schedule.sqrt_alpha_bars[i]), float(schedule.sqrt_one_minus_alpha_bars[i])
+
+
 def count_call() -> None:
     """Record one network evaluation in every open :func:`count_nfe` block (samplers call this)."""
     for counter in _counters:
@@ -179,13 +190,11 @@ def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     model = conditioned(model, y, guidance_scale)
-    alpha_bars = schedule.alpha_bars.double().tolist()  # scalars in float64, read once
-
     def update(x_t, prediction, t, i, i_prev):
-        ab, ab_prev = alpha_bars[i], (alpha_bars[i_prev] if i_prev >= 0 else 1.0)
-        sigma = eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))  # eq. 16
-        direction = math.sqrt(max(1.0 - ab_prev - sigma**2, 0.0)) * prediction.eps  # "direction pointing to x_t"
-        x_prev = math.sqrt(ab_prev) * prediction.x0 + direction  # eq. 12
+        (a, s), (a_prev, s_prev) = scales(schedule, i), scales(schedule, i_prev)  # sqrt(alpha_bar), sqrt(1 - ...)
+        sigma = eta * s_prev / s * math.sqrt(max(1.0 - (a / a_prev) ** 2, 0.0))  # eq. 16
+        direction = math.sqrt(max(s_prev**2 - sigma**2, 0.0)) * prediction.eps  # "direction pointing to x_t"
+        x_prev = a_prev * prediction.x0 + direction  # eq. 12
         if eta > 0 and i_prev >= 0:
             x_prev = x_prev + sigma * torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         return x_prev

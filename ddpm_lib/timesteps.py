@@ -29,14 +29,18 @@ from .schedule import NoiseSchedule
 SPACINGS = ("uniform", "logsnr", "karras")
 
 
+def _check_num_steps(T: int, num_steps: int) -> None:
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be an integer in [1, T={T}], got {num_steps!r}")
+
+
 def ddim_timesteps(T: int, num_steps: int) -> list[int]:
     """``num_steps`` timestep indices evenly spread over [0, T-1], in descending order.
 
     Both ends are included: sampling starts at the noisiest step T-1 and finishes at index 0.
     ``num_steps = T`` gives every step.
     """
-    if not isinstance(num_steps, int) or not 1 <= num_steps <= T:
-        raise ValueError(f"num_steps must be an integer in [1, T={T}], got {num_steps!r}")
+    _check_num_steps(T, num_steps)
     if num_steps == 1:
         return [T - 1]
     # Spacing (T-1)/(num_steps-1) >= 1, so rounding never merges two steps.
@@ -62,9 +66,9 @@ def timestep_grid(schedule: NoiseSchedule, num_steps: int, spacing: str = "unifo
     T = schedule.T
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    _check_num_steps(T, num_steps)
     if spacing == "uniform" or num_steps in (1, T):
         return ddim_timesteps(T, num_steps)
-    ddim_timesteps(T, num_steps)  # the same check of num_steps
     sigma = (schedule.sqrt_one_minus_alpha_bars.detach().cpu().double()
              / schedule.sqrt_alpha_bars.detach().cpu().double()).numpy()  # increasing in t
 
