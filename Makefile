@@ -13,7 +13,7 @@ help:
 	@echo "make book   build the book into _build/html"
 	@echo "make test   unit tests, every notebook in smoke mode, and the book build"
 	@echo "make check-html   open every page of the built book in headless Chromium"
-	@echo "make chapters   run every chapter in its full configuration and save its outputs (a GPU helps)"
+	@echo "make chapters   run every chapter in full, save its outputs, print each chapter's wall time"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +27,16 @@ $(INSTALLED): requirements.txt pyproject.toml | $(PY)
 install: $(INSTALLED)
 
 unit: $(INSTALLED)
-	$(PY) -m pytest tests --ignore=tests/integration
+	# One test process per core, each on one thread: two processes each asking for every core
+	# would fight over them.
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests --ignore=tests/integration -n auto --durations=10
 
 # Every chapter, executed top to bottom with small sizes (DDPM_BOOK_SMOKE=1); outputs of cells
 # marked "# NBVAL_CHECK_OUTPUT" must match the committed ones. First, the chapters' set-up cell
 # installs ddpm_lib into a fresh environment, as in Colab, and a chapter runs there.
 notebooks: $(INSTALLED)
 	$(PY) -m pytest -p no:cacheprovider tests/integration
-	DDPM_BOOK_SMOKE=1 MPLBACKEND=Agg $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	DDPM_BOOK_SMOKE=1 MPLBACKEND=Agg $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider --durations=20 notebooks
 
 book: $(INSTALLED)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going

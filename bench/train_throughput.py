@@ -1,21 +1,26 @@
 """Training throughput of ddpm_lib's U-Net, each optimisation measured on its own, against peers.
 
-    python bench/train_throughput.py            # the book's MNIST config and a CIFAR-sized one
-    python bench/train_throughput.py --tiny     # seconds on a CPU: checks the script runs
+    python bench/train_throughput.py              # the book's MNIST config and a CIFAR-sized one
+    python bench/train_throughput.py --device cpu # on the CPU: the book's config only
+    python bench/train_throughput.py --tiny       # seconds on a CPU: checks the script runs
 
 One "step" is what dl.train does per batch: forward, loss, backward, gradient clipping, optimiser
 step and EMA update. Rows add one optimisation at a time:
 
-  fp32 baseline        plain AdamW (for-loop), EMA parameter by parameter
+  fp32 baseline        plain AdamW (for-loop), EMA parameter by parameter, NCHW activations
   + fused/foreach      fused AdamW on CUDA, one torch._foreach_lerp_ for the EMA
   + bf16 autocast      forward and backward in bfloat16 (CUDA only)
   + channels_last      NHWC activations
+  + bf16 autocast      on a CPU: bf16 with the 7x7 depthwise convolutions kept in float32
+                       (ddpm_lib.precision.float32_on_cpu), whether or not dl.train picks it here
   + torch.compile      the model compiled (CUDA only; minutes of compilation first)
 
 Peers, at a parameter count matched to ours and the same batch, run with the best of the same
-settings: lucidrains' denoising_diffusion_pytorch.Unet and Hugging Face diffusers.UNet2DModel,
-when installed. FLOPs per step come from torch.utils.flop_counter; model FLOP utilisation (MFU)
-divides the achieved FLOP rate by the GPU's dense bf16 peak.
+settings (on a CPU, the faster of float32 and bf16 for each): lucidrains'
+denoising_diffusion_pytorch.Unet and Hugging Face diffusers.UNet2DModel, when installed. FLOPs per
+step come from torch.utils.flop_counter. The achieved FLOP rate is divided by the device's peak:
+a GPU's dense bf16 tensor-core peak, or on a CPU the rate of a large float32 and a large bf16
+matrix product measured here on all threads (the CPU's practical ceiling).
 """
 
 from __future__ import annotations
@@ -37,6 +42,23 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def cpu_matmul_ceiling(n: int = 2048, repeats: int = 5) -> dict:
+    """FLOP/s of an n x n matrix product on this CPU, in float32 and bf16: the best of ``repeats``."""
+    rates = {}
+    for name, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up: oneDNN/MKL pick and prepare their kernels
+        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+        rates[name] = 2 * n**3 / best
+    return rates
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 class EpsModel(torch.nn.Module):
@@ -144,9 +166,11 @@ def flops_per_step(model, schedule, x0) -> float:
     return float(counter.get_total_flops())
 
 
-def configurations(tiny: bool):
+def configurations(tiny: bool, cuda: bool = True):
     if tiny:
         return {"tiny MNIST": dict(channels=1, size=28, base=8, mults=(1, 2), batch=8)}
+    if not cuda:  # two CPU cores: the book's configuration only
+        return {"MNIST (book)": dict(channels=1, size=28, base=32, mults=(1, 2, 4), batch=128)}
     return {"MNIST (book)": dict(channels=1, size=28, base=32, mults=(1, 2, 4), batch=128),
             "CIFAR-sized": dict(channels=3, size=32, base=84, mults=(1, 2, 2, 4), batch=128)}
 
@@ -154,26 +178,33 @@ def configurations(tiny: bool):
 def run(tiny: bool = False, device=None, iters: int | None = None) -> list[dict]:
     device = torch.device(device) if device is not None else dl.pick_device()
     cuda = device.type == "cuda"
-    iters, warmup = (iters or 2, 1) if tiny else (iters or 30, 10)
+    iters, warmup = (iters or 2, 1) if tiny else ((iters or 30, 10) if cuda else (iters or 8, 2))
     schedule = dl.cosine_schedule(1000).to(device)
     peak = peak_flops(device)
+    ceiling = cpu_matmul_ceiling(256 if tiny else 2048) if device.type == "cpu" else None
     rows = []
-    for config_name, c in configurations(tiny).items():
+    for config_name, c in configurations(tiny, cuda).items():
         x0 = torch.rand(c["batch"], c["channels"], c["size"], c["size"], device=device) * 2 - 1
         variants = [("fp32 baseline", dict(amp=False, channels_last=False, fused=False, compiled=False)),
                     ("+ fused/foreach", dict(amp=False, channels_last=False, fused=True, compiled=False))]
         if cuda:
             variants.append(("+ bf16 autocast", dict(amp=True, channels_last=False, fused=True, compiled=False)))
         variants.append(("+ channels_last", dict(amp=cuda, channels_last=True, fused=True, compiled=False)))
+        if not cuda:
+            variants.append(("+ bf16 autocast", dict(amp=True, channels_last=True, fused=True, compiled=False)))
         if cuda and not tiny:
             variants.append(("+ torch.compile", dict(amp=True, channels_last=True, fused=True, compiled=True)))
         torch.manual_seed(0)
         ours = dl.UNet(c["channels"], c["base"], c["mults"]).to(device)
         flops = flops_per_step(ours, schedule, x0)
         models = [(f"ddpm_lib UNet, {label}", ours, opts) for label, opts in variants]
-        best = dict(amp=cuda, channels_last=True, fused=True, compiled=False)
+        best = [dict(amp=cuda, channels_last=True, fused=True, compiled=False)]
+        if not cuda:  # a CPU may run a peer faster in either precision: try both, keep the faster
+            best.append(dict(amp=True, channels_last=True, fused=True, compiled=False))
         for name, peer in peer_models(c["channels"], c["size"], count(ours), len(c["mults"])).items():
-            models.append((name, peer.to(device), best))
+            for opts in best:
+                label = f"{name}, {'bf16' if opts['amp'] else 'fp32'} channels_last" if not cuda else name
+                models.append((label, peer.to(device), opts))
         for name, model, opts in models:
             if cuda:
                 torch.cuda.empty_cache()
@@ -184,23 +215,34 @@ def run(tiny: bool = False, device=None, iters: int | None = None) -> list[dict]
             rows.append({"config": config_name, "model": name, "params": count(model), "batch": c["batch"],
                          "images_per_s": c["batch"] / seconds, "ms_per_step": 1000 * seconds,
                          "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
-                         "mfu": model_flops / seconds / peak if peak else None, "peer": model is not ours})
+                         "mfu": model_flops / seconds / peak if peak else None, "peer": model is not ours,
+                         "tflops": model_flops / seconds / 1e12,
+                         "of_ceiling": (model_flops / seconds / ceiling["bf16" if opts["amp"] else "float32"]
+                                        if ceiling else None)})
+    if ceiling:
+        for r in rows:
+            r["ceiling_tflops"] = {k: v / 1e12 for k, v in ceiling.items()}
     return rows
 
 
 def format_table(rows: list[dict], device_label: str) -> str:
     lines = [f"Training-step throughput on {device_label}"]
+    if rows and rows[0].get("ceiling_tflops"):
+        c = rows[0]["ceiling_tflops"]
+        lines.append(f"CPU ceiling (2048^3 matmul): float32 {1000 * c['float32']:.0f} GFLOP/s, "
+                     f"bf16 {1000 * c['bf16']:.0f} GFLOP/s; 'of ceiling' is against the row's precision")
     for config in dict.fromkeys(r["config"] for r in rows):
         group = [r for r in rows if r["config"] == config]
         peers = [r["images_per_s"] for r in group if r["peer"]]
         fastest_peer = max(peers) if peers else None
         lines.append(f"\n{config} (batch {group[0]['batch']})")
-        lines.append(f"{'model':<44}{'params':>11}{'img/s':>10}{'ms/step':>9}{'mem GiB':>9}{'MFU':>7}{'vs best peer':>14}")
+        lines.append(f"{'model':<58}{'params':>11}{'img/s':>10}{'ms/step':>9}{'mem GiB':>9}{'MFU':>7}{'vs best peer':>14}")
         for r in group:
             mem = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
-            mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+            mfu = r["mfu"] if r["mfu"] is not None else r.get("of_ceiling")
+            mfu = f"{100 * mfu:.1f}%" if mfu is not None else "-"
             ratio = f"{r['images_per_s'] / fastest_peer:.2f}x" if fastest_peer else "no peers"
-            lines.append(f"{r['model']:<44}{r['params']:>11,}{r['images_per_s']:>10.0f}{r['ms_per_step']:>9.1f}"
+            lines.append(f"{r['model']:<58}{r['params']:>11,}{r['images_per_s']:>10.0f}{r['ms_per_step']:>9.1f}"
                          f"{mem:>9}{mfu:>7}{ratio:>14}")
     return "\n".join(lines)
 

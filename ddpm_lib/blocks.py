@@ -6,6 +6,8 @@ import torch
 from einops.layers.torch import Rearrange
 from torch import nn
 
+from .precision import float32_on_cpu
+
 
 class ConvNeXtBlock(nn.Module):
     """A residual block in the spirit of ConvNeXt (Liu et al. 2022), with a timestep injection.
@@ -39,7 +41,9 @@ class ConvNeXtBlock(nn.Module):
         B, C, H, W = x.shape
         if C != self.in_channels:
             raise ValueError(f"ConvNeXtBlock expects {self.in_channels} input channels, got {C}")
-        h = self.depthwise(x)  # [B, C_in, H, W]
+        # Under CPU autocast this layer runs in float32: its bf16 backward is 2x slower there
+        # (bench/cpu_layers.py). Elsewhere it runs like every other layer.
+        h = float32_on_cpu(self.depthwise, x)  # [B, C_in, H, W]
         if self.time_proj is not None:
             if t_emb is None:
                 raise ValueError("this block was built with time_dim, so it needs a time embedding")

@@ -119,12 +119,18 @@ def q_posterior(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t)
 
 
 def ddpm_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, *, y: torch.Tensor | None = None,
-              t: torch.Tensor | None = None, eps: torch.Tensor | None = None, generator: torch.Generator | None = None):
+              t: torch.Tensor | None = None, eps: torch.Tensor | None = None, generator: torch.Generator | None = None,
+              min_snr: float | None = None):
     """The simplified DDPM objective, L_simple (Ho et al. 2020, eq. 14; Algorithm 1).
 
     Draw t uniformly and eps ~ N(0, I), form x_t with eq. 4 and regress the model's eps_hat onto eps
     with a mean squared error. ``generator`` (on ``x0.device``) makes the draws reproducible; ``t``
     and ``eps`` may be given instead. ``y``: class labels for a conditional model, ``model(x_t, t, y)``.
+
+    ``min_snr=gamma`` weights each image's error by min(SNR_t, gamma) / SNR_t, with SNR_t =
+    alpha_bar_t / (1 - alpha_bar_t) (Min-SNR-gamma, Hang et al. 2023, the eps-prediction form): the
+    low-noise steps, whose eps is hard to read yet matters little to the image, stop dominating the
+    gradient. Noisy steps (SNR_t <= gamma) keep weight 1.
     """
     B = x0.shape[0]
     if t is None:
@@ -136,7 +142,13 @@ def ddpm_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, *, y: torch.Tens
     if eps_hat.shape != eps.shape:
         raise ValueError(f"the model returned shape {list(eps_hat.shape)} for input {list(x_t.shape)}; "
                          "an eps-prediction model must return its input's shape")
-    return F.mse_loss(eps_hat.float(), eps.float())
+    if min_snr is None:
+        return F.mse_loss(eps_hat.float(), eps.float())
+    alpha_bar = schedule.alpha_bars.to(x0.device)[t].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    weight = (snr.clamp(max=min_snr) / snr).float()  # [B], in (0, 1]
+    per_image = (eps_hat.float() - eps.float()).square().flatten(1).mean(dim=1)  # [B]
+    return (weight * per_image).mean()
 
 
 @dataclass(frozen=True)
@@ -155,13 +167,16 @@ class DDPMLoss:
 
     schedule: NoiseSchedule
     label_dropout: float | None = None
+    min_snr: float | None = None  # Min-SNR-gamma loss weighting; see ddpm_loss
 
     def __post_init__(self):
         if self.label_dropout is not None and not 0.0 <= self.label_dropout <= 1.0:
             raise ValueError(f"label_dropout must be None or a probability in [0, 1], got {self.label_dropout}")
+        if self.min_snr is not None and not self.min_snr > 0:
+            raise ValueError(f"min_snr must be None or a positive SNR, got {self.min_snr}")
 
     def to(self, device) -> "DDPMLoss":
-        return DDPMLoss(self.schedule.to(device), self.label_dropout)
+        return DDPMLoss(self.schedule.to(device), self.label_dropout, self.min_snr)
 
     def __call__(self, model, batch, generator: torch.Generator | None = None) -> torch.Tensor:
         y, num_classes = None, getattr(unwrap(model), "num_classes", None)
@@ -174,12 +189,14 @@ class DDPMLoss:
             y = drop_labels(batch.labels, num_classes, self.label_dropout, batch.rand(generator))
         # t, then eps: drawn through the batch so that a process sharing it draws its own rows.
         t = batch.randint(self.schedule.T, generator)
-        return ddpm_loss(model, self.schedule, batch.images, y=y, t=t, eps=batch.randn(generator=generator))
+        return ddpm_loss(model, self.schedule, batch.images, y=y, t=t, eps=batch.randn(generator=generator),
+                         min_snr=self.min_snr)
 
     def __repr__(self) -> str:  # what a checkpoint records to refuse resuming with another objective
         betas = hashlib.sha256(self.schedule.betas.double().cpu().numpy().tobytes()).hexdigest()[:12]
         dropout = f", label_dropout={self.label_dropout}" if self.label_dropout is not None else ""
-        return f"DDPMLoss(schedule={self.schedule.name!r}, betas_sha256={betas!r}{dropout})"
+        weighting = f", min_snr={self.min_snr}" if self.min_snr is not None else ""
+        return f"DDPMLoss(schedule={self.schedule.name!r}, betas_sha256={betas!r}{dropout}{weighting})"
 
 
 def drop_labels(y: torch.Tensor, null: int, p: float, u: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from .timesteps import timestep_grid
 
 @torch.no_grad()
 def heun_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps: int = 18, spacing: str = "uniform",
-                clip_x0: bool = False, y=None, guidance_scale=None, callback=None) -> torch.Tensor:
+                clip_x0: bool = False, y=None, guidance_scale=None, callback=None, amp: str = "off") -> torch.Tensor:
     """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1).
 
     Between two grid points it takes an Euler step, evaluates the network at the end, and replaces
@@ -54,16 +54,16 @@ def heun_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
         euler = scale * x_t + h * prediction.eps  # [B, C, H, W]
         if i == grid[0]:
             return euler
-        slope_next = denoise(model, schedule, euler, torch.full_like(t, i_prev), clip_x0=clip_x0).eps
+        slope_next = denoise(model, schedule, euler, torch.full_like(t, i_prev), clip_x0=clip_x0, amp=amp).eps
         return scale * x_t + h * 0.5 * (prediction.eps + slope_next)  # the trapezoid
 
-    return run_sampler(model, schedule, x_T, grid, update, clip_x0=clip_x0, callback=callback)
+    return run_sampler(model, schedule, x_T, grid, update, clip_x0=clip_x0, callback=callback, amp=amp)
 
 
 @torch.no_grad()
 def dpm_solver_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps: int = 20, order: int = 2,
                       spacing: str = "uniform", clip_x0: bool = False, y=None, guidance_scale=None,
-                      callback=None) -> torch.Tensor:
+                      callback=None, amp: str = "off") -> torch.Tensor:
     """DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Algorithm 2), multistep, order 1 or 2.
 
     With h = lambda_next - lambda and D the data prediction, one step is
@@ -98,4 +98,4 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_
         return (s_next / s) * x_t - a_next * math.expm1(-h) * D
 
     return run_sampler(model, schedule, x_T, timestep_grid(schedule, num_steps, spacing), update, clip_x0=clip_x0,
-                       callback=callback)
+                       callback=callback, amp=amp)

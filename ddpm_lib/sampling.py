@@ -10,6 +10,9 @@ Every sampler is the same loop (:func:`run_sampler`) around the same denoising s
 differ only in the timesteps they visit and in their update rule, a function
 ``update(x_t, prediction, t, i, i_prev) -> x_prev``.
 
+``amp``: every sampler takes it, "off" by default (float32, reproducible to the last digit);
+"auto" runs the network in the precision :func:`ddpm_lib.train` would train it in on this device.
+
 ``callback(t, x, x0_hat)``, if given, is called after every step with the timestep index ``t`` just
 denoised, the new sample (x_{t-1} in the papers' numbering) and the model's current guess of x_0.
 """
@@ -23,6 +26,7 @@ from typing import NamedTuple
 import torch
 
 from .diffusion import predict_eps, predict_x0, q_posterior
+from .precision import autocast
 from .schedule import NoiseSchedule
 from .timesteps import timestep_grid
 
@@ -106,14 +110,18 @@ class Prediction(NamedTuple):
     x0: torch.Tensor  # x0_hat [B, C, H, W]
 
 
-def denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, *, clip_x0: bool = False) -> Prediction:
+def denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, *, clip_x0: bool = False,
+            amp: str = "off") -> Prediction:
     """One network evaluation turned into ``Prediction(eps, x0)``: the step every sampler shares.
 
     x0_hat comes from eps_hat by eq. 15 of Ho et al. 2020. With ``clip_x0`` it is clipped to the data
     range [-1, 1], and eps is re-derived from the clipped x0_hat (eq. 4 solved for eps), so that the
-    pair still describes the same x_t.
+    pair still describes the same x_t. ``amp`` ("off", "auto", "bf16", "fp16"): the precision of the
+    network call alone, as in :func:`ddpm_lib.train` ("auto": what the device runs fast); the
+    sampler's own arithmetic stays in x_T's dtype.
     """
-    eps = model(x_t, t)
+    with autocast(x_t.device, amp):
+        eps = model(x_t, t)
     count_call()
     if eps.shape != x_t.shape:
         raise ValueError(f"the model returned shape {list(eps.shape)} for x_t of shape {list(x_t.shape)}; "
@@ -128,7 +136,7 @@ def denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, 
 
 @torch.no_grad()
 def run_sampler(model, schedule: NoiseSchedule, x_T: torch.Tensor, timesteps: list[int], update, *,
-                clip_x0: bool, callback=None) -> torch.Tensor:
+                clip_x0: bool, callback=None, amp: str = "off") -> torch.Tensor:
     """Walk ``timesteps`` (descending indices) from x_T: denoise, then ``update`` to the next index.
 
     ``update(x_t, prediction, t, i, i_prev)`` returns the sample at index ``i_prev``; ``t`` is ``i``
@@ -142,7 +150,7 @@ def run_sampler(model, schedule: NoiseSchedule, x_T: torch.Tensor, timesteps: li
     for k, i in enumerate(timesteps):
         i_prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        prediction = denoise(model, schedule, x, t, clip_x0=clip_x0)
+        prediction = denoise(model, schedule, x, t, clip_x0=clip_x0, amp=amp)
         x = update(x, prediction, t, i, i_prev)
         if callback is not None:
             callback(i, x, prediction.x0)
@@ -151,7 +159,8 @@ def run_sampler(model, schedule: NoiseSchedule, x_T: torch.Tensor, timesteps: li
 
 @torch.no_grad()
 def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, clip_x0: bool = True,
-                generator: torch.Generator | None = None, y=None, guidance_scale=None, callback=None) -> torch.Tensor:
+                generator: torch.Generator | None = None, y=None, guidance_scale=None, callback=None,
+                amp: str = "off") -> torch.Tensor:
     """Ancestral sampling, Ho et al. 2020, Algorithm 2, with sigma_t^2 = beta_tilde_t.
 
     Each step predicts x0_hat (eq. 15), optionally clips it to the data range [-1, 1], and draws
@@ -170,13 +179,13 @@ def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, clip_x0: b
         return mean + variance.sqrt() * z  # Algorithm 2, line 4
 
     return run_sampler(model, schedule, x_T, list(reversed(range(schedule.T))), update, clip_x0=clip_x0,
-                       callback=callback)
+                       callback=callback, amp=amp)
 
 
 @torch.no_grad()
 def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps: int = 50, eta: float = 0.0,
                 clip_x0: bool = True, spacing: str = "uniform", generator: torch.Generator | None = None,
-                y=None, guidance_scale=None, callback=None) -> torch.Tensor:
+                y=None, guidance_scale=None, callback=None, amp: str = "off") -> torch.Tensor:
     """DDIM sampling over a subsequence of timesteps (Song et al. 2021, eq. 12).
 
     x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma z, with
@@ -200,4 +209,4 @@ def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
         return x_prev
 
     return run_sampler(model, schedule, x_T, timestep_grid(schedule, num_steps, spacing), update, clip_x0=clip_x0,
-                       callback=callback)
+                       callback=callback, amp=amp)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import time
 from pathlib import Path
 
@@ -43,8 +44,28 @@ def objective_name(loss_fn) -> str | None:
     return None if " at 0x" in name else name
 
 
+def learning_rate(step: int, *, lr: float, steps: int, warmup: int = 0, lr_decay: str | None = None) -> float:
+    """The learning rate of optimisation step ``step`` (0, 1, ...): warm-up, then constant or cosine.
+
+    Warm-up ``lr (step + 1) / warmup`` keeps Adam's first updates, made with poorly estimated second
+    moments, small; the cosine decay (Loshchilov & Hutter 2017, without restarts) lets the weights
+    settle at the end of a short run instead of jittering at full step size.
+    """
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a number of steps >= 0, got {warmup!r}")
+    if lr_decay not in (None, "cosine"):
+        raise ValueError(f"lr_decay must be None or 'cosine', got {lr_decay!r}")
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if lr_decay is None:
+        return lr
+    progress = (step - warmup) / max(steps - warmup, 1)  # 0 after the warm-up, 1 at the end
+    return lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch.Tensor | None = None, *,
           steps: int, labels=None, loss_fn=None, batch_size: int = 128, lr: float = 2e-4, betas=(0.9, 0.999),
+          warmup: int = 0, lr_decay: str | None = None,
           ema_decay: float = 0.999, grad_clip: float | None = 1.0, amp="auto", device=None, seed: int = 0,
           sampling: str = "epochs", checkpoint=None, checkpoint_every: int = 1000, log_every: int = 100,
           callback=None, progress: bool = True, channels_last: bool = True, compile: bool = False) -> TrainResult:
@@ -57,10 +78,13 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
     - Batches (``sampling``): "epochs" visits the images in a fresh order each epoch; "replacement"
       draws each batch uniformly (see :class:`~ddpm_lib.loop.BatchSampler`). Everything random
       comes from ``seed``.
+    - Learning rate: ``lr`` after a linear warm-up over the first ``warmup`` steps; with
+      ``lr_decay="cosine"`` it then falls along a half cosine to 0 at ``steps`` (:func:`learning_rate`).
     - EMA: decay ``min(ema_decay, (1 + k) / (10 + k))`` at step k (:mod:`ddpm_lib.ema`).
-    - ``amp``: "auto" runs the autocast type of :func:`~ddpm_lib.loop.autocast_dtype` (bf16 on
-      recent GPUs, fp16 with a gradient scaler on 7.x GPUs, none elsewhere); "bf16", "fp16" and
-      "off" force a choice.
+    - ``amp``: "auto" runs the autocast type of :func:`~ddpm_lib.precision.autocast_dtype` (bf16 on
+      recent GPUs and on CPUs with AMX tiles, fp16 with a gradient scaler on 7.x GPUs, float32
+      elsewhere); "bf16", "fp16" and "off" force a choice. Under CPU autocast the U-Net's depthwise
+      convolutions stay in float32 (:func:`~ddpm_lib.precision.float32_on_cpu`).
     - ``checkpoint``: a file path. If it exists, training resumes from it (the run's settings must
       match) and continues exactly as an uninterrupted run would; it is written every
       ``checkpoint_every`` steps and at the end.
@@ -75,6 +99,7 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
     Returns a :class:`~ddpm_lib.loop.TrainResult`; ``losses, ema = train(...)`` unpacks it.
     """
     check_run(steps=steps, batch_size=batch_size, log_every=log_every, ema_decay=ema_decay)
+    learning_rate(0, lr=lr, steps=steps, warmup=warmup, lr_decay=lr_decay)  # checks the schedule's settings
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}")
     if (schedule is None) == (loss_fn is None):
@@ -119,6 +144,8 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
            "betas": list(betas), "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed,
            "sampling": sampling, "amp": "off" if dtype is None else str(dtype).removeprefix("torch."),
            "num_images": len(data)}
+    if warmup or lr_decay:  # recorded only when used, so older checkpoints still resume
+        run.update(warmup=warmup, lr_decay=lr_decay, steps=steps)
     history, start, seconds_before = {}, 0, 0.0
 
     checkpoint = Path(checkpoint) if checkpoint is not None else None
@@ -151,6 +178,8 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
         if "loss" not in values:
             raise ValueError(f"loss_fn returned the keys {sorted(values)}; the one to optimise must be 'loss'")
         optimizer.zero_grad(set_to_none=True)
+        for group in optimizer.param_groups:  # a function of the step alone: a resumed run gets the same
+            group["lr"] = learning_rate(step, lr=lr, steps=steps, warmup=warmup, lr_decay=lr_decay)
         if scaler is None:
             values["loss"].backward()
         else:

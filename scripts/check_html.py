@@ -24,6 +24,19 @@ from urllib.parse import unquote, urlsplit
 
 from playwright.sync_api import sync_playwright
 
+# Each page gets this long to load, decode its images and typeset its math; a page that needs more
+# is reported rather than waited on. (Waiting for network idle is not used: a page's widgets may keep
+# a connection open, and Playwright's documentation discourages it.)
+PAGE_TIMEOUT_MS = 20_000
+
+# Resolves once every <img> has finished loading (or failed): decode() waits for the pixels.
+IMAGES_SETTLED = """() => Promise.all(Array.from(document.images).map(
+    i => i.decode().catch(() => null)))"""
+
+# Resolves once MathJax 3 has finished its first typesetting pass.
+MATH_TYPESET = """() => (window.MathJax && window.MathJax.startup && window.MathJax.startup.promise)
+    ? window.MathJax.startup.promise.then(() => true) : false"""
+
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
 
@@ -67,8 +80,12 @@ def check(html: Path, chromium: str, shots: Path) -> list[dict]:
                         if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
                 page.on("pageerror", lambda e: problems.append(f"uncaught exception: {e}"))
                 page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
-                page.goto(f"{origin}/{rel}", wait_until="load")
-                page.wait_for_load_state("networkidle")
+                page.set_default_timeout(PAGE_TIMEOUT_MS)
+                try:
+                    page.goto(f"{origin}/{rel}", wait_until="load", timeout=PAGE_TIMEOUT_MS)
+                    page.evaluate(IMAGES_SETTLED)
+                except Exception as error:
+                    problems.append(f"page did not load within {PAGE_TIMEOUT_MS / 1000:.0f} s: {error}")
                 broken_images = page.evaluate(
                     "Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.currentSrc || i.src)")
                 problems += [f"image did not load: {src}" for src in broken_images]
@@ -88,15 +105,21 @@ def check(html: Path, chromium: str, shots: Path) -> list[dict]:
                 n_math = page.evaluate("document.querySelectorAll('span.math, div.math').length")
                 if n_math:
                     try:
-                        page.wait_for_function("document.querySelectorAll('mjx-container').length > 0", timeout=15_000)
+                        page.wait_for_function(MATH_TYPESET, timeout=PAGE_TIMEOUT_MS)
+                        typeset = page.evaluate("document.querySelectorAll('mjx-container').length")
                     except Exception:
+                        typeset = 0
+                    if not typeset:
                         problems.append(f"{n_math} math elements but MathJax typeset none")
                 colab = [h for h in links if "colab.research.google.com/github/" in h]
                 if rel.startswith("notebooks/") and not colab:
                     problems.append("chapter page without its Colab launch link")
                 title = page.title()
                 shot = shots / (rel.replace("/", "__").removesuffix(".html") + ".png")
-                page.screenshot(path=str(shot), full_page=True)
+                try:
+                    page.screenshot(path=str(shot), full_page=True)
+                except Exception as error:
+                    problems.append(f"no screenshot within {PAGE_TIMEOUT_MS / 1000:.0f} s: {error}")
                 page.close()
                 results.append({"page": rel, "title": title, "images": page_images(html, path), "colab": colab[:1],
                                 "screenshot": str(shot), "problems": problems})

@@ -25,6 +25,8 @@ from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES = 5 * 2**20  # what a reader's browser should have to load for one page
+# The book's CPU budget: on two CPU cores, every chapter in full within 30 minutes, all within 2 hours.
+CHAPTER_BUDGET_MIN, BOOK_BUDGET_MIN = 30, 120
 
 
 def execute(path: Path, out: Path) -> float:
@@ -48,6 +50,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb"))
     os.environ.pop("DDPM_BOOK_SMOKE", None)  # the kernels inherit this environment: full configuration
+    minutes = {}
     for path in paths:
         out = args.out / path.name if args.out else path
         print(f"{path.name}: running...", flush=True)
@@ -56,8 +59,21 @@ def main(argv=None) -> int:
         except CellExecutionError as err:
             print(f"{path.name}: a cell failed, nothing written\n{err}", file=sys.stderr)
             return 1
+        minutes[path.name] = seconds / 60
         print(f"{path.name}: {seconds / 60:.1f} min, {out.stat().st_size / 2**20:.2f} MB -> {out}", flush=True)
+    print(wall_time_table(minutes))
     return 0
+
+
+def wall_time_table(minutes: dict) -> str:
+    """Each chapter's wall time against the budget, as a Markdown table, and the total."""
+    lines = ["| chapter | wall time (min) | within budget |", "|---|---:|:---:|"]
+    for name, m in minutes.items():
+        lines.append(f"| {name} | {m:.1f} | {'yes' if m <= CHAPTER_BUDGET_MIN else 'NO'} |")
+    total = sum(minutes.values())
+    lines.append(f"| **all** | **{total:.1f}** | {'yes' if total <= BOOK_BUDGET_MIN else 'NO'} |")
+    return (f"\nWall time on {os.cpu_count()} CPU thread(s); budget {CHAPTER_BUDGET_MIN} min a chapter, "
+            f"{BOOK_BUDGET_MIN} min in all\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,18 @@ def test_train_throughput_runs_at_tiny_size(capsys):
     rows = load("train_throughput").main(["--tiny", "--device", "cpu"])
     ours = [r for r in rows if not r["peer"]]
     assert [r["model"] for r in ours] == ["ddpm_lib UNet, fp32 baseline", "ddpm_lib UNet, + fused/foreach",
-                                          "ddpm_lib UNet, + channels_last"]
+                                          "ddpm_lib UNet, + channels_last", "ddpm_lib UNet, + bf16 autocast"]
     assert all(r["images_per_s"] > 0 and r["params"] > 0 for r in rows)
-    assert "Training-step throughput" in capsys.readouterr().out
+    # On a CPU each row's FLOP rate is set against the matmul ceiling measured in the same run.
+    assert all(r["of_ceiling"] > 0 and set(r["ceiling_tflops"]) == {"float32", "bf16"} for r in rows)
+    assert "CPU ceiling" in capsys.readouterr().out
+
+
+def test_cpu_layer_bench_times_each_layer_in_both_precisions(capsys):
+    rows = load("cpu_layers").main(["--tiny", "--device", "cpu"])
+    assert "7x7 depthwise conv" in [r["layer"] for r in rows]
+    assert all(r["fp32_ms"] > 0 and r["bf16_ms"] > 0 for r in rows)
+    assert "bf16 speed-up" in capsys.readouterr().out
 
 
 def test_flop_counter_counts_forward_and_backward():

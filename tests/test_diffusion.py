@@ -15,7 +15,7 @@ def test_running_the_one_step_chain_matches_q_sample(make, t):
     # x_0 must give the closed form q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, 1 - alpha_bar_t) (eq. 4),
     # which q_sample draws from in one step.
     sched = make(T=1000)
-    n = 20_000
+    n = 5_000  # the bounds below scale with 1 / sqrt(n)
     gen = torch.Generator().manual_seed(t)
     x = X0.expand(n, 8).clone()
     for beta in sched.betas[:t].double():
@@ -125,3 +125,28 @@ def test_timestep_errors_are_clear():
         q_sample(sched, x0, torch.tensor([0.5, 1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="noise has shape"):
         q_sample(sched, x0, 3, noise=torch.zeros(4, 1, 3, 3))
+
+
+def test_min_snr_weighting_scales_each_image_by_min_snr_over_snr():
+    from ddpm_lib import DDPMLoss, ddpm_loss
+
+    schedule = cosine_schedule(T=100)
+    torch.manual_seed(0)
+    x0, eps = torch.rand(4, 1, 4, 4) * 2 - 1, torch.randn(4, 1, 4, 4)
+    t = torch.tensor([0, 30, 70, 99])  # alpha_bar falls from ~1 (SNR huge) to ~0 (SNR tiny)
+    model = lambda x_t, t: 0.5 * x_t  # noqa: E731  any predictor will do: the weights are what is tested
+    x_t, _ = q_sample(schedule, x0, t, eps)
+    per_image = (0.5 * x_t - eps).square().flatten(1).mean(1)  # [4]
+    a = schedule.alpha_bars[t].double()
+    snr = a / (1 - a)  # SNR_t = alpha_bar / (1 - alpha_bar)
+    gamma = 5.0
+    weight = torch.minimum(snr, torch.tensor(gamma, dtype=torch.float64)) / snr
+    assert weight[0] < 0.01 and weight[-1] == 1.0  # the low-noise image is down-weighted, the noisy one kept
+    expected = (weight.float() * per_image).mean()
+    assert ddpm_loss(model, schedule, x0, t=t, eps=eps, min_snr=gamma) == pytest.approx(float(expected), rel=1e-5)
+    # gamma above every SNR: every weight is 1 and the loss is L_simple itself.
+    plain = ddpm_loss(model, schedule, x0, t=t, eps=eps)
+    assert ddpm_loss(model, schedule, x0, t=t, eps=eps, min_snr=float(snr.max()) * 2) == pytest.approx(float(plain))
+    assert "min_snr=5.0" in repr(DDPMLoss(schedule, min_snr=5.0))  # a checkpoint tells the objectives apart
+    with pytest.raises(ValueError, match="min_snr"):
+        DDPMLoss(schedule, min_snr=0.0)

@@ -34,3 +34,11 @@ def test_a_failing_chapter_is_reported_and_not_written(tmp_path, capsys):
     assert execute_chapters.main([str(chapter), "--out", str(tmp_path / "out")]) == 1
     assert not (tmp_path / "out" / "bad.ipynb").exists()
     assert "the second cell fails" in capsys.readouterr().err
+
+
+def test_the_wall_time_table_flags_chapters_and_a_book_over_budget():
+    table = execute_chapters.wall_time_table({"01_vae.ipynb": 12.0, "06_training.ipynb": 31.0})
+    assert "| 01_vae.ipynb | 12.0 | yes |" in table
+    assert "| 06_training.ipynb | 31.0 | NO |" in table  # over 30 minutes
+    assert "| **all** | **43.0** | yes |" in table  # the book's budget is 120
+    assert "| **all** | **121.0** | NO |" in execute_chapters.wall_time_table({"a": 30.0, "b": 30.0, "c": 61.0})

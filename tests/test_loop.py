@@ -11,6 +11,7 @@ from toy_data import squares
 import ddpm_lib as dl
 from ddpm_lib.ema import ema_decay
 from ddpm_lib.loop import BatchSampler, Recorder
+from ddpm_lib import precision
 from ddpm_lib.precision import amp_dtype
 
 
@@ -88,7 +89,6 @@ def test_epoch_batches_visit_every_image_once_and_draws_follow_the_generator():
 
 
 def test_autocast_dtype_follows_the_compute_capability():
-    assert dl.autocast_dtype("cpu") is None
     assert dl.autocast_dtype("mps") is None
     expected = {(9, 0): torch.bfloat16, (8, 0): torch.bfloat16, (7, 5): torch.float16, (7, 0): torch.float16,
                 (6, 1): None}
@@ -102,14 +102,57 @@ def test_autocast_dtype_follows_the_compute_capability():
         amp_dtype("fp8", torch.device("cpu"))
 
 
+def capabilities(**present):
+    """What torch.cpu.get_capabilities() reports on a CPU with only the named features."""
+    return {"amx_bf16": False, "avx512_bf16": False, "avx2": True, **present}
+
+
+@pytest.mark.parametrize("present, units, dtype", [
+    ({}, [], None),  # no bf16 units: bf16 would be emulated, slower than float32
+    ({"avx512_bf16": True}, ["avx512_bf16"], None),  # measured slower than float32 (precision.py)
+    ({"amx_bf16": True, "avx512_bf16": True}, ["amx_bf16", "avx512_bf16"], torch.bfloat16),
+])
+def test_cpu_autocast_follows_the_bf16_units_the_cpu_reports(present, units, dtype):
+    with mock.patch("torch.cpu.get_capabilities", return_value=capabilities(**present)):
+        assert precision.cpu_bf16_units() == units
+        assert dl.autocast_dtype("cpu") == dtype
+        assert amp_dtype("auto", torch.device("cpu")) == dtype
+        assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16  # forcing is always possible
+        assert amp_dtype("off", torch.device("cpu")) is None
+
+
+def test_a_cpu_whose_capabilities_cannot_be_read_gets_float32():
+    with mock.patch("torch.cpu.get_capabilities", side_effect=RuntimeError("no cpuid")):
+        assert dl.autocast_dtype("cpu") is None
+    with mock.patch.object(torch.cpu, "get_capabilities", None):  # PyTorch before 2.6
+        assert dl.autocast_dtype("cpu") is None
+
+
+def test_the_depthwise_conv_runs_in_float32_under_cpu_autocast_and_the_rest_in_bf16():
+    block = dl.ConvNeXtBlock(4, 4, time_dim=8)
+    x, t_emb = torch.randn(2, 4, 8, 8), torch.randn(2, 8)
+    seen = {}
+    block.depthwise.register_forward_hook(lambda m, i, o: seen.update(depthwise=(i[0].dtype, o.dtype)))
+    block.body[1].register_forward_hook(lambda m, i, o: seen.update(conv3x3=o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x, t_emb)
+    assert seen == {"depthwise": (torch.float32, torch.float32), "conv3x3": torch.bfloat16}
+    # Without autocast nothing changes: the block is plain float32 code.
+    assert precision.float32_on_cpu(block.depthwise, x).dtype == torch.float32
+    # And the float32 depthwise result agrees with the all-float32 block to bf16 accuracy
+    # (bf16 keeps 8 significant bits: relative error about 2^-8 per rounding, a few roundings deep).
+    assert torch.allclose(out.float(), block(x, t_emb), rtol=0.05, atol=0.05)
+
+
 def test_fp16_autocast_with_a_gradient_scaler_trains_on_the_cpu(tmp_path):
     images = squares(16)
     torch.manual_seed(0)
     path = tmp_path / "fp16.pt"
-    losses, _ = dl.train(dl.UNet(1, 8, (1, 2)), dl.cosine_schedule(100), images, steps=60, batch_size=16, lr=3e-3,
+    # fp16 is emulated on a CPU (slow), so a short run: the loss must still fall clearly.
+    losses, _ = dl.train(dl.UNet(1, 8, (1, 2)), dl.cosine_schedule(100), images, steps=30, batch_size=16, lr=5e-3,
                          amp="fp16", device="cpu", checkpoint=path, progress=False)
     assert all(math.isfinite(v) for v in losses)
-    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+    assert sum(losses[-8:]) / 8 < 0.7 * sum(losses[:8]) / 8
     state = dl.load_checkpoint(path)
     assert state["run"]["amp"] == "float16" and state["scaler"]["scale"] > 0  # the scaler resumes too
 

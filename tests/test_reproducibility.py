@@ -3,9 +3,17 @@
 `data/training_reference.json` holds the per-step losses and a fingerprint of every weight tensor
 of three short CPU runs with fixed seeds, recorded before the trainers were merged into one loop.
 The runs below go through today's code paths: the DDPM loss and the VAE's objective through
-`ddpm_lib.train`, the GAN through its own loop. On the platform the numbers were recorded on (the
-same PyTorch version and CPU instruction set), they must match bit for bit; elsewhere convolutions
-may round differently, and they must agree to float32 rounding accumulated over the run.
+`ddpm_lib.train`, the GAN through its own loop.
+
+They are compared with a tolerance, never bit for bit: oneDNN and ATen choose their kernels by the
+CPU's instruction sets (AVX2, AVX512, AVX512-BF16, AMX), and each rounds in its own order, so even
+two machines that report the same `get_cpu_capability()` differ in the 7th digit. The tolerance is
+set from the spread measured between kernel choices: the same runs under ATEN_CPU_CAPABILITY =
+default, avx2 and avx512, each with oneDNN on and off, on a CPU with AVX512-BF16, against the
+reference recorded on an AVX512 CPU, differed by at most 3.4e-6 (relative) in any loss and 3.1e-4
+(relative; 1.7e-4 absolute) in any weight tensor's sum. The bounds below are 10 to 30 times that:
+loose enough for any CPU, yet a change to the algorithm (another EMA rule, another draw order, a
+different clipping) moves these numbers by far more.
 """
 
 import hashlib
@@ -21,8 +29,8 @@ from ddpm_lib.gan import Discriminator, Generator, train_gan
 from ddpm_lib.vae import VAE, VAELoss
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "training_reference.json").read_text())
-SAME_PLATFORM = (REFERENCE["torch"] == torch.__version__.split("+")[0]
-                 and REFERENCE["cpu_capability"] == torch.backends.cpu.get_cpu_capability())
+LOSS_RTOL = 1e-4  # 30x the largest relative spread measured in a loss (see above)
+WEIGHT_RTOL, WEIGHT_ATOL = 3e-3, 2e-3  # 10x the spread measured in a weight tensor's sum
 
 
 @pytest.fixture(autouse=True)
@@ -45,20 +53,15 @@ def fingerprint(module):
 
 
 def assert_same(values, reference, what):
-    if SAME_PLATFORM:
-        assert values == reference, f"{what} differs from the reference run"
-    else:
-        assert values == pytest.approx(reference, rel=1e-4, abs=1e-5), what
+    assert len(values) == len(reference), f"{what}: {len(values)} values, the reference has {len(reference)}"
+    assert values == pytest.approx(reference, rel=LOSS_RTOL), f"{what} differs from the reference run"
 
 
 def assert_same_weights(module, reference, what):
     found = fingerprint(module)
     assert list(found["sums"]) == list(reference["sums"]), f"{what}: other tensors than the reference"
-    if SAME_PLATFORM:
-        assert found["sha256"] == reference["sha256"], f"{what}: weights differ from the reference run"
-    else:
-        for name, total in found["sums"].items():
-            assert total == pytest.approx(reference["sums"][name], rel=1e-3, abs=1e-4), f"{what}: {name}"
+    for name, total in found["sums"].items():
+        assert total == pytest.approx(reference["sums"][name], rel=WEIGHT_RTOL, abs=WEIGHT_ATOL), f"{what}: {name}"
 
 
 def test_ddpm_training_reproduces_the_reference_run():

@@ -116,3 +116,32 @@ def test_a_new_update_rule_plugs_into_the_shared_sampler_loop():
     assert visits == [(29, 12, [29, 29]), (12, 0, [12, 12]), (0, -1, [0, 0])]
     scale = schedule.sqrt_alpha_bars[[29, 12, 0]].prod()
     torch.testing.assert_close(x, x_T / scale)
+
+
+@pytest.mark.parametrize("amp, autocast_on", [("off", False), ("bf16", True)])
+def test_every_sampler_runs_the_network_in_the_precision_asked_for(amp, autocast_on):
+    from ddpm_lib import dpm_solver_sample, heun_sample
+    from ddpm_lib.precision import cpu_autocast_on
+
+    schedule = cosine_schedule(T=50)
+    torch.manual_seed(0)
+    net = UNet(1, 8, (1, 2)).eval()
+    seen = []
+
+    def model(x_t, t):
+        seen.append(cpu_autocast_on())
+        return net(x_t, t)
+
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    samplers = {"ddpm": lambda **kw: ddpm_sample(model, schedule, x_T, generator=g(), **kw),
+                "ddim": lambda **kw: ddim_sample(model, schedule, x_T, num_steps=5, **kw),
+                "heun": lambda **kw: heun_sample(model, schedule, x_T, num_steps=3, **kw),
+                "dpm++": lambda **kw: dpm_solver_sample(model, schedule, x_T, num_steps=5, **kw)}
+    for name, sample in samplers.items():
+        seen.clear()
+        x = sample(amp=amp, clip_x0=True)
+        assert seen and set(seen) == {autocast_on}, name
+        assert x.dtype == torch.float32, name  # the sampler's arithmetic stays in x_T's dtype
+        # bf16 keeps 8 significant bits; a handful of steps of an untrained network stays close.
+        assert torch.allclose(x, sample(amp="off", clip_x0=True), atol=0.1), name

@@ -1,8 +1,11 @@
+from unittest import mock
+
 import pytest
 import torch
 from toy_data import squares as tiny_images
 
 from ddpm_lib import UNet, cosine_schedule, ddim_sample, load_checkpoint, load_model, train
+from ddpm_lib.train import learning_rate
 
 
 def tiny_unet(seed=0):
@@ -98,3 +101,36 @@ def test_ema_is_the_exponential_average_of_the_weight_trajectory():
     for e, p, w in zip(expected, ema.parameters(), model.parameters()):
         torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
     assert any(not torch.allclose(p, w) for p, w in zip(ema.parameters(), model.parameters()))
+
+
+def test_the_learning_rate_warms_up_linearly_then_follows_a_half_cosine():
+    lr = lambda step, **kw: learning_rate(step, lr=1.0, steps=110, **kw)  # noqa: E731
+    assert [lr(k, warmup=10) for k in (0, 4, 9, 50, 109)] == pytest.approx([0.1, 0.5, 1, 1, 1])
+    # After the warm-up: 0.5 (1 + cos(pi p)) with p = (step - 10) / 100: 1 at p = 0, 1/2 at p = 1/2,
+    # (1 + cos(0.99 pi)) / 2 = 2.47e-4 at the last step (p = 0.99).
+    cosine = [lr(k, warmup=10, lr_decay="cosine") for k in (10, 60, 109)]
+    assert cosine == pytest.approx([1.0, 0.5, 2.4672e-4], rel=1e-3)
+    assert lr(0) == 1.0  # no warm-up, no decay: constant
+    with pytest.raises(ValueError, match="lr_decay"):
+        lr(0, lr_decay="linear")
+    with pytest.raises(ValueError, match="warmup"):
+        lr(0, warmup=-1)
+
+
+def test_training_applies_the_schedule_and_a_resumed_run_continues_it(tmp_path):
+    seen = []
+
+    class Spy(torch.optim.AdamW):  # records the learning rate each step is taken with
+        def step(self, *args, **kwargs):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(*args, **kwargs)
+
+    kwargs = dict(steps=8, batch_size=8, lr=1e-2, warmup=4, lr_decay="cosine", device="cpu", progress=False)
+    with mock.patch("torch.optim.AdamW", Spy):
+        train(tiny_unet(), SCHEDULE, tiny_images(), **kwargs)
+    assert seen == pytest.approx([learning_rate(k, lr=1e-2, steps=8, warmup=4, lr_decay="cosine") for k in range(8)])
+    # A checkpoint records the schedule: resuming it with another one is refused.
+    path = tmp_path / "run.pt"
+    train(tiny_unet(), SCHEDULE, tiny_images(), checkpoint=path, **{**kwargs, "steps": 2})
+    with pytest.raises(ValueError, match="other settings"):
+        train(tiny_unet(), SCHEDULE, tiny_images(), checkpoint=path, **{**kwargs, "warmup": 2})

@@ -1,0 +1,64 @@
+"""Plot the CPU sweep (book/data/cpu_sweep.json): FD against minutes of training, one line a configuration.
+
+    python scripts/plot_cpu_sweep.py     # writes book/images/cpu_sweep.png
+
+Minutes are the run's images divided by its network's speed at its batch size over a full-length
+run on the idle machine (where there is none, the speed measured just before the run started), so
+that other work on the machine during a short run does not stretch it. Error bars are +/- 1.96 bootstrap standard deviations; the grey band is the
+real-versus-real floor (sets of 1,000 training digits against the held-out digits, +/- 1.96
+standard deviations over disjoint sets), the dashed line four times the floor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sustained_speed(run: dict, runs: list) -> float:
+    """Images per second of ``run``'s network and batch size over a full-length run on the idle
+    machine, where the sweep has one, else the speed measured just before ``run`` started."""
+    key = (json.dumps(run["model"], sort_keys=True), run["train"]["batch_size"])
+    for r in runs:
+        if r["length"] == "full" and (json.dumps(r["model"], sort_keys=True), r["train"]["batch_size"]) == key:
+            return r["images_seen"] / (60 * r["minutes"])
+    return run["images_per_s"]
+
+
+def main() -> None:
+    results = json.loads((ROOT / "book" / "data" / "cpu_sweep.json").read_text())
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    floor, spread = results["floor"], results["floor_subsets"]
+    ax.axhspan(spread["mean"] - 1.96 * spread["std"], spread["mean"] + 1.96 * spread["std"], color="0.85",
+               label=f"real vs real floor ({floor['value']:.1f})")
+    ax.axhline(4 * floor["value"], color="0.4", ls="--", lw=1, label="4x the floor (the goal)")
+    ax.axvline(15, color="0.6", ls=":", lw=1, label="15 minutes (the budget)")
+    configs = dict.fromkeys(r["config"] for r in results["runs"])
+    for name in configs:
+        runs = sorted((r for r in results["runs"] if r["config"] == name), key=lambda r: r["images_seen"])
+        minutes = [r["images_seen"] / sustained_speed(r, results["runs"]) / 60 for r in runs]
+        fd = [r["fd"]["value"] for r in runs]
+        err = [1.96 * r["fd"]["std"] for r in runs]
+        ax.errorbar(minutes, fd, yerr=err, marker="o", ms=4, capsize=3, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("minutes of training on 2 CPU cores")
+    ax.set_ylabel("FD to held-out digits (log scale)")
+    ax.set_title("Time to quality: DDIM-50, n = 1,000, +/- 1.96 bootstrap std")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    out = ROOT / "book" / "images" / "cpu_sweep.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
