@@ -46,6 +46,20 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def settle(page, attempts: int = 3) -> None:
+    """Wait until the page's images are decoded; a page that moves on by itself (index.html
+    redirects to the first chapter) is followed, and its destination waited for instead."""
+    for _ in range(attempts):
+        try:
+            page.wait_for_load_state("load")
+            page.evaluate(IMAGES_SETTLED)
+            return
+        except Exception as error:
+            if "context was destroyed" not in str(error) and "navigat" not in str(error):
+                raise
+    raise TimeoutError(f"the page kept navigating after {attempts} loads")
+
+
 def pages(html: Path) -> list[Path]:
     skip = {"genindex.html", "search.html"}
     return sorted(p for p in html.rglob("*.html")
@@ -83,7 +97,7 @@ def check(html: Path, chromium: str, shots: Path) -> list[dict]:
                 page.set_default_timeout(PAGE_TIMEOUT_MS)
                 try:
                     page.goto(f"{origin}/{rel}", wait_until="load", timeout=PAGE_TIMEOUT_MS)
-                    page.evaluate(IMAGES_SETTLED)
+                    settle(page)
                 except Exception as error:
                     problems.append(f"page did not load within {PAGE_TIMEOUT_MS / 1000:.0f} s: {error}")
                 broken_images = page.evaluate(
