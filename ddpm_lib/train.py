@@ -4,13 +4,13 @@ The objective is a function ``loss_fn(model, batch, generator) -> loss`` (NVlabs
 loss object into its loop the same way): the DDPM loss by default, the VAE's negative ELBO, and the
 objectives later chapters add all train here. Around it: AdamW, gradient clipping, an exponential
 moving average (EMA) of the weights (the model to sample from), mixed precision where the hardware
-runs it fast, and checkpoints from which a run resumes exactly where it stopped. Mixed precision
-lives here and only here: models, losses and samplers are ordinary float32 code.
+runs it fast, and checkpoints from which a run resumes exactly where it stopped. The choice of
+precision lives in :mod:`ddpm_lib.precision`; models, losses and samplers are ordinary float32 code
+(but for the one layer the U-Net keeps in float32 under CPU autocast, and the samplers' ``amp``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import time
@@ -25,7 +25,7 @@ from .ema import make_ema, update_ema
 from .distributed import barrier, world
 from .loop import (BatchSampler, Recorder, TrainResult, check_run, fits_on, prepare_images, prepare_labels,
                    resolve_device)
-from .precision import amp_dtype
+from .precision import amp_dtype, autocast
 from .schedule import NoiseSchedule
 from .utils import device_name
 
@@ -128,6 +128,7 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
     data = data.contiguous(memory_format=memory_format)
     loss_fn = loss_fn.to(device) if hasattr(loss_fn, "to") else loss_fn
     dtype = amp_dtype(amp, device)
+    precision = autocast(device, amp)  # entered anew every step
     # fp16's small range lets small gradients round to zero: scale the loss up, the gradients back down.
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     net = model  # what the objective calls; it shares its parameters with model
@@ -171,8 +172,7 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
     clock = time.perf_counter()  # wall time of training, kept in the checkpoint across resumptions
     for step in range(start, steps):
         batch = batches(step, device)
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with autocast:
+        with precision:
             out = loss_fn(net, batch, generator)
         values = out if isinstance(out, dict) else {"loss": out}
         if "loss" not in values:
