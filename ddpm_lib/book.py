@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model
-from .data import held_out_split, load_mnist
+from .data import held_out_split, load_mnist, to_model_range
 from .hub import pretrained
 from .utils import device_name, pick_device, seed_everything
 
@@ -51,6 +51,31 @@ def start_chapter(seed: int = 0) -> Chapter:
     mode = "smoke (reduced sizes, DDPM_BOOK_SMOKE=1)" if chapter.smoke else "full"
     print(f"device: {device_name(chapter.device)} | PyTorch {torch.__version__} | mode: {mode}")
     return chapter
+
+
+def work_fraction() -> float:
+    """The share of a chapter's full work to do: ``$DDPM_BOOK_FRACTION`` (default 1).
+
+    On a slow device, ``DDPM_BOOK_FRACTION=0.25`` makes every chapter train and sample a quarter as
+    much: the chapters still run top to bottom, with weaker models and wider error bars than the
+    book shows.
+    """
+    raw = os.environ.get("DDPM_BOOK_FRACTION", "1")
+    try:
+        fraction = float(raw)
+    except ValueError:
+        raise ValueError(f"DDPM_BOOK_FRACTION must be a number in (0, 1], got {raw!r}") from None
+    if not 0 < fraction <= 1:
+        raise ValueError(f"DDPM_BOOK_FRACTION must be a number in (0, 1], got {raw!r}")
+    return fraction
+
+
+def size(full: int, *, smoke: int) -> int:
+    """A chapter's work size: ``smoke`` in smoke mode, else ``full`` times :func:`work_fraction`
+    (at least 1)."""
+    if smoke_mode():
+        return smoke
+    return max(1, round(full * work_fraction()))
 
 
 SMOKE_DIGITS = 512  # per part, in smoke mode
@@ -134,6 +159,41 @@ def load_trained(name: str, *, device=None) -> tuple[nn.Module, str]:
     return model, source
 
 
+def save_for_publishing(name: str, model: nn.Module, draw, *, n: int = 1000) -> dict:
+    """Write ``model``'s weights to ``<checkpoint_dir>/<name>.safetensors`` in float16 when that changes
+    no sample measurably, else in float32; return what was measured and written. (In smoke mode
+    the file is ``<name>_smoke.safetensors``, so a test run never overwrites a full run's file.)
+
+    ``draw(model, n)`` must return ``n`` images ``[n, 1, 28, 28]`` in [-1, 1] from a fixed seed, so
+    both copies start from the same noise. Measured: the largest and mean pixel difference between
+    the two sets, and each set's FD to the held-out digits with its bootstrap standard deviation.
+    float16 is kept when the FDs differ by less than one standard deviation.
+    """
+    from .evidence import bootstrap
+    from .hub import load_weights, save_weights
+    from .metrics import extract_features, frechet_distance, load_feature_network
+
+    device = next(model.parameters()).device
+    path = checkpoint_dir() / (f"{name}_smoke.safetensors" if smoke_mode() else f"{name}.safetensors")
+    save_weights(path, model, dtype=torch.float16)
+    half = load_weights(path, device=device)
+    with torch.no_grad():
+        full_images, half_images = draw(model, n).cpu(), draw(half, n).cpu()
+    net = load_feature_network("cpu")
+    held_out_f, _ = extract_features(net, to_model_range(digits("held_out")[0]))
+    fds = {}
+    for label, images in (("float32", full_images), ("float16", half_images)):
+        feats, _ = extract_features(net, images.clamp(-1, 1))
+        fds[label] = bootstrap(lambda idx: frechet_distance(held_out_f, feats[idx]), n, num_resamples=50)
+    std = max(fds["float32"]["std"], fds["float16"]["std"])
+    dtype = torch.float16 if abs(fds["float16"]["value"] - fds["float32"]["value"]) < std else torch.float32
+    sha256 = save_weights(path, model, dtype=dtype)
+    difference = (full_images - half_images).abs()
+    return {"file": path, "dtype": dtype, "bytes": path.stat().st_size, "sha256": sha256, "n": n,
+            "fd": fds, "max_pixel_difference": difference.max().item(),
+            "mean_pixel_difference": difference.mean().item()}
+
+
 def estimate_seconds(step, total_steps: int, *, probe_steps: int = 5, device=None) -> float:
     """How long ``total_steps`` calls of ``step()`` will take here, from ``probe_steps`` timed calls.
 
@@ -144,6 +204,28 @@ def estimate_seconds(step, total_steps: int, *, probe_steps: int = 5, device=Non
     step()
     _, seconds = timed(lambda: [step() for _ in range(probe_steps)], device)
     return seconds / probe_steps * total_steps
+
+
+def estimate_run(run, total_steps: int, *, probe_steps: int = 10, device=None) -> float:
+    """How long ``run(total_steps)`` will take here, from a timed ``run(probe_steps)`` after an
+    untimed ``run(1)`` that pays the one-off costs.
+
+    ``run(k)`` must do ``k`` steps of the real work on a throw-away copy (a fresh model, say), so
+    that probing leaves the chapter's own state untouched.
+    """
+    if probe_steps < 1 or total_steps < 0:
+        raise ValueError(f"probe_steps must be positive and total_steps non-negative, got {probe_steps}, {total_steps}")
+    run(1)
+    _, seconds = timed(lambda: run(probe_steps), device)
+    return seconds / probe_steps * total_steps
+
+
+def print_estimate(what: str, seconds: float) -> None:
+    """Say how long the next cell will take on this device, and how to make it shorter."""
+    minutes = seconds / 60
+    when = f"{minutes:.0f} min" if minutes >= 1.5 else f"{seconds:.0f} s"
+    hint = "" if minutes < 5 or work_fraction() < 1 else " (DDPM_BOOK_FRACTION=0.25 does a quarter of it)"
+    print(f"{what}: about {when} on {device_name(pick_device())}{hint}")
 
 
 # Text symbols for the player's buttons (common glyphs), so the page needs no icon font from a CDN.

@@ -82,13 +82,8 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gan_sample(G: Generator, n: int, *, generator: torch.Generator | None = None,
-               rng: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` images ``[n, C, 28, 28]`` in [-1, 1] from z ~ N(0, I), with G in eval mode.
-
-    ``generator`` draws z (``rng`` is its former name, still accepted).
-    """
-    generator = generator if generator is not None else rng
+def gan_sample(G: Generator, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` images ``[n, C, 28, 28]`` in [-1, 1] from z ~ N(0, I) drawn with ``generator``, G in eval mode."""
     device = next(G.parameters()).device
     was_training = G.training
     G.eval()
@@ -105,8 +100,7 @@ def train_gan(G: Generator, D: Discriminator, images: torch.Tensor, *, steps: in
 
     Returns a :class:`~ddpm_lib.loop.TrainResult` whose ``ema`` is the averaged generator and
     whose ``history`` holds per-step ``d_loss``, ``g_loss`` and the mean probabilities
-    ``d_real`` = D(x) and ``d_fake`` = D(G(z)) that D assigns to real and generated batches. It
-    unpacks as ``history, ema``.
+    ``d_real`` = D(x) and ``d_fake`` = D(G(z)) that D assigns to real and generated batches.
     """
     check_run(steps=steps, batch_size=batch_size, log_every=log_every, ema_decay=ema_decay)
     device = resolve_device(device)

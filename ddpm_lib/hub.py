@@ -27,9 +27,44 @@ FORMAT = "ddpm_lib.weights.v1"
 REPOSITORY = "https://github.com/diffusion-explained/diffusion-models-explained"
 DOWNLOAD_URL = REPOSITORY + "/raw/main/weights/{file}"
 CHECKOUT = Path(__file__).resolve().parents[1] / "weights"  # present when running from a clone
+REGISTRY = Path(__file__).resolve().parent / "weights" / "published.json"  # ships with the package
 
-# name -> {"file", "sha256"}: the weights published by the full run of the chapter that trains each model.
-PUBLISHED: dict[str, dict] = {}
+
+def read_registry(path=REGISTRY) -> dict[str, dict]:
+    """name -> ``{"file", "sha256", "bytes", "chapter"}`` for every published model.
+
+    The registry ships inside the package, so a pip-installed library knows each file's hash even
+    though the files themselves are downloaded: a file is trusted because the code vouches for it.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    registry = json.loads(path.read_text())
+    for name, entry in registry.items():
+        if not {"file", "sha256"} <= set(entry):
+            raise WeightsError(f"{path}: the entry {name!r} lacks a file name or a SHA-256")
+    return registry
+
+
+# name -> {"file", "sha256", ...}: the weights published by the full run of the chapter that trains each model.
+PUBLISHED: dict[str, dict] = read_registry()
+
+
+def publish(name: str, path, *, chapter: str, registry=REGISTRY, folder=CHECKOUT) -> dict:
+    """Copy the weights file ``path`` into the repository's ``weights/`` folder as ``<name>.safetensors``
+    and record its hash in the registry (the maintainers' step after a chapter's full run)."""
+    import shutil
+
+    load_weights(path)  # refuse to publish a file that does not load
+    file = f"{name}.safetensors"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, Path(folder) / file)
+    entry = {"file": file, "sha256": sha256_of(path), "bytes": Path(path).stat().st_size, "chapter": chapter}
+    entries = read_registry(registry)
+    entries[name] = entry
+    Path(registry).write_text(json.dumps(dict(sorted(entries.items())), indent=1) + "\n")
+    PUBLISHED[name] = entry
+    return entry
 
 
 class WeightsError(RuntimeError):

@@ -60,9 +60,9 @@ class TrainResult:
 
     ``history`` maps each logged quantity to its value at every optimisation step (``"loss"`` is the
     objective optimised); ``ema`` is the exponential moving average of the weights, the model to
-    sample from; ``seconds`` the wall time of training. For convenience it unpacks as a pair,
-    ``losses, ema = train(...)``; a GAN run, which has two losses and no single one, unpacks as
-    ``history, ema``.
+    sample from; ``seconds`` the wall time of training. For convenience a run with a single
+    objective unpacks as a pair, ``losses, ema = train(...)``; a GAN run has two losses and no
+    single one, so read ``result.history`` and ``result.ema`` instead.
     """
 
     history: dict
@@ -72,11 +72,12 @@ class TrainResult:
     @property
     def losses(self) -> list:
         if "loss" not in self.history:
-            raise AttributeError(f"this run optimised several losses, {sorted(self.history)}: read them from history")
+            raise AttributeError(f"this run optimised several losses, {sorted(self.history)}, not one: "
+                                 "read them from result.history and the model from result.ema")
         return self.history["loss"]
 
     def __iter__(self):
-        yield self.history["loss"] if "loss" in self.history else self.history
+        yield self.losses  # a run without a single loss (a GAN's) raises here, naming its losses
         yield self.ema
 
 

@@ -159,7 +159,7 @@ def class_coverage(logits: torch.Tensor) -> dict:
     """The predicted-class histogram ``counts`` [10] and its entropy in bits (log2(10) = 3.32 if uniform)."""
     counts = torch.bincount(logits.argmax(dim=1), minlength=logits.shape[1])
     p = counts.double() / counts.sum()
-    entropy = -(p[p > 0] * p[p > 0].log2()).sum()
+    entropy = (p[p > 0] * (1 / p[p > 0]).log2()).sum()  # sum p log(1/p): one class gives +0, not -0
     return {"counts": counts.tolist(), "entropy_bits": float(entropy), "max_entropy_bits": math.log2(logits.shape[1])}
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import unwrap
+from .loop import TrainResult
 from .train import train
 
 
@@ -108,14 +109,15 @@ class VAELoss:
 
 
 def train_vae(vae: VAE, images: torch.Tensor, *, steps: int, batch_size: int = 128, lr: float = 1e-3,
-              beta: float = 1.0, device=None, seed: int = 0, log_every: int = 100, progress: bool = True) -> dict:
-    """The VAE's settings on the shared loop; returns the per-step ``{"loss", "reconstruction", "kl"}``.
+              beta: float = 1.0, device=None, seed: int = 0, log_every: int = 100,
+              progress: bool = True) -> TrainResult:
+    """The VAE's settings on the shared loop: ``train(vae, images=images, loss_fn=VAELoss(beta), ...)``
+    with plain Adam (no gradient clipping) and batches drawn with replacement.
 
-    The same as ``train(vae, images=images, loss_fn=VAELoss(beta), ...)`` with plain Adam (no
-    gradient clipping) and batches drawn with replacement; that call returns the full
-    :class:`~ddpm_lib.loop.TrainResult`.
+    Returns the :class:`~ddpm_lib.loop.TrainResult`: ``history`` holds the per-step ``loss``,
+    ``reconstruction`` and ``kl``; ``ema`` the averaged VAE.
     """
     result = train(vae, images=images, loss_fn=VAELoss(beta), steps=steps, batch_size=batch_size, lr=lr,
                    grad_clip=None, amp="off", device=device, seed=seed, sampling="replacement",
                    log_every=log_every, progress=progress, channels_last=False)
-    return result.history
+    return result

@@ -133,3 +133,63 @@ def test_digits_split_the_test_digits_once_and_shrink_in_smoke_mode(monkeypatch)
     assert len(b.digits("train")[0]) == 8
     with pytest.raises(ValueError, match="part must be"):
         b.digits("test")
+
+
+def test_size_follows_smoke_mode_and_the_work_fraction(monkeypatch):
+    monkeypatch.setenv("DDPM_BOOK_SMOKE", "1")
+    assert book.size(3000, smoke=40) == 40
+    monkeypatch.setenv("DDPM_BOOK_SMOKE", "0")
+    monkeypatch.delenv("DDPM_BOOK_FRACTION", raising=False)
+    assert book.size(3000, smoke=40) == 3000
+    monkeypatch.setenv("DDPM_BOOK_FRACTION", "0.25")
+    assert book.size(3000, smoke=40) == 750 and book.size(1, smoke=40) == 1
+    for bad in ("0", "1.5", "quarter"):
+        monkeypatch.setenv("DDPM_BOOK_FRACTION", bad)
+        with pytest.raises(ValueError, match="DDPM_BOOK_FRACTION"):
+            book.size(3000, smoke=40)
+
+
+def test_save_for_publishing_keeps_float16_only_when_the_samples_are_unchanged(tmp_path, monkeypatch):
+    import ddpm_lib.book as b
+    from ddpm_lib.gan import Generator, gan_sample
+
+    monkeypatch.setenv("DDPM_BOOK_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setenv("DDPM_BOOK_SMOKE", "0")
+    # Held-out digits: noise images, enough for a 128-dimensional covariance.
+    real = (torch.rand(300, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    monkeypatch.setattr(b, "digits", lambda part: (real, torch.zeros(300, dtype=torch.long)))
+    torch.manual_seed(0)
+    G = Generator(8, width=4)
+
+    def draw(model, n):
+        return gan_sample(model, n, generator=torch.Generator().manual_seed(1))
+
+    report = b.save_for_publishing("g", G, draw, n=300)
+    # float16 moves each weight by at most 2^-11 of itself, so the images barely move and the FDs
+    # agree far inside their bootstrap spread: float16 is kept.
+    assert report["dtype"] == torch.float16 and report["max_pixel_difference"] < 1e-2
+    assert report["file"] == tmp_path / "g.safetensors" and report["sha256"] == dl.hub.sha256_of(report["file"])
+    assert set(report["fd"]) == {"float32", "float16"}
+
+    def fragile(model, n):  # a model whose output flips when its weights are rounded
+        images = draw(model, n)
+        return images if next(model.parameters()).sum() == next(G.parameters()).sum() else -images
+
+    assert b.save_for_publishing("g", G, fragile, n=300)["dtype"] == torch.float32
+    monkeypatch.setenv("DDPM_BOOK_SMOKE", "1")  # a test run leaves the full run's file alone
+    assert b.save_for_publishing("g", G, draw, n=300)["file"] == tmp_path / "g_smoke.safetensors"
+
+
+def test_estimate_run_scales_a_timed_probe_and_says_how_to_shorten(monkeypatch, capsys):
+    calls = []
+    seconds = book.estimate_run(lambda k: calls.append(k) or [sum(range(20_000)) for _ in range(k)], 5000,
+                                probe_steps=3)
+    assert calls == [1, 3] and seconds > 0  # one untimed warm-up step, then the timed probe
+    monkeypatch.delenv("DDPM_BOOK_FRACTION", raising=False)
+    book.print_estimate("training", 600.0)
+    book.print_estimate("sampling", 30.0)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("training: about 10 min on ") and "DDPM_BOOK_FRACTION=0.25" in out[0]
+    assert out[1].startswith("sampling: about 30 s on ") and "DDPM_BOOK_FRACTION" not in out[1]
+    with pytest.raises(ValueError, match="probe_steps"):
+        book.estimate_run(lambda k: None, 10, probe_steps=0)

@@ -112,3 +112,33 @@ def test_a_weights_file_naming_no_model_is_refused(tmp_path):
                                                           "model_config": '{"depth": 3}'})
     with pytest.raises(pt.WeightsError, match="VAE cannot be built from the recorded config"):
         pt.load_weights(path)
+
+
+def test_publish_copies_the_file_and_records_its_hash(tmp_path, monkeypatch):
+    monkeypatch.setattr(pt, "PUBLISHED", {})
+    G = Generator(8, width=4)
+    source = tmp_path / "run" / "g.safetensors"
+    sha256 = pt.save_weights(source, G)
+    registry, folder = tmp_path / "published.json", tmp_path / "weights"
+    entry = pt.publish("tiny_gan", source, chapter="02_gan", registry=registry, folder=folder)
+    assert entry == {"file": "tiny_gan.safetensors", "sha256": sha256, "bytes": source.stat().st_size,
+                     "chapter": "02_gan"}
+    assert pt.read_registry(registry) == {"tiny_gan": entry} and pt.PUBLISHED["tiny_gan"] == entry
+    assert pt.sha256_of(folder / "tiny_gan.safetensors") == sha256
+    (tmp_path / "junk.safetensors").write_bytes(b"not weights")
+    with pytest.raises(pt.WeightsError, match="not a readable safetensors"):
+        pt.publish("junk", tmp_path / "junk.safetensors", chapter="-", registry=registry, folder=folder)
+    registry.write_text('{"broken": {"file": "x.safetensors"}}')
+    with pytest.raises(pt.WeightsError, match="lacks a file name or a SHA-256"):
+        pt.read_registry(registry)
+
+
+def test_every_published_model_loads_from_the_checkout_with_its_hash():
+    # The files in weights/ are what pretrained() serves offline; each must match the registry.
+    for name, entry in pt.read_registry().items():
+        path = pt.CHECKOUT / entry["file"]
+        assert path.exists(), f"{name}: {path} is missing"
+        assert pt.sha256_of(path) == entry["sha256"], f"{name}: {path} does not match its hash"
+        assert path.stat().st_size == entry["bytes"]
+        model = pt.load_weights(path)
+        assert not model.training

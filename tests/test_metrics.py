@@ -102,6 +102,7 @@ def test_class_coverage_entropy():
     assert class_coverage(uniform)["entropy_bits"] == pytest.approx(math.log2(10))
     assert class_coverage(collapsed) == {"counts": [0, 500] + [0] * 8, "entropy_bits": 0.0,
                                          "max_entropy_bits": math.log2(10)}
+    assert math.copysign(1, class_coverage(collapsed)["entropy_bits"]) == 1  # +0, printed "0.00", not "-0.00"
 
 
 def test_the_weight_file_is_checked_by_hash(tmp_path):

@@ -20,7 +20,8 @@ import importlib, importlib.util, subprocess, sys
 
 if importlib.util.find_spec("ddpm_lib") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
-                    "git+{REPO_URL}"], check=True)
+                    "ddpm_lib[book] @ git+{REPO_URL}"],
+                   check=True)
     importlib.invalidate_caches()'''
 
 
@@ -64,6 +65,16 @@ def test_committed_outputs_are_complete_clean_and_from_a_full_run(path):
     assert "mode: full" in text and "smoke" not in text.lower(), "committed outputs come from the full configuration"
     assert re.search(r"This chapter ran in \d+ min \d+ s on ", text), "the chapter reports its device and wall time"
     assert path.stat().st_size < 5 * 2**20
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_visible_code_fits_the_page(path):
+    # The rendered page shows about 100 characters of code before it scrolls sideways; code behind
+    # hide-input (plumbing) is exempt, as the reader sees it only on request.
+    hidden = {"hide-input", "remove-input", "remove-cell"}
+    long = [line for cell in code_cells(load(path)) if not hidden & set(cell.get("metadata", {}).get("tags", []))
+            for line in "".join(cell["source"]).splitlines() if len(line) > 100]
+    assert not long, f"{len(long)} visible code lines over 100 characters, the first: {long[0]!r}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -46,9 +46,11 @@ def test_vae_reconstruction_term_is_the_bernoulli_negative_log_likelihood():
 
 def test_vae_training_lowers_the_negative_elbo():
     torch.manual_seed(0)
-    history = train_vae(VAE(latent_dim=4, width=8), toy_digits(), steps=60, batch_size=32, lr=3e-3, device="cpu",
-                        progress=False)
-    assert len(history["loss"]) == 60
+    result = train_vae(VAE(latent_dim=4, width=8), toy_digits(), steps=60, batch_size=32, lr=3e-3, device="cpu",
+                       progress=False)
+    history = result.history
+    assert sorted(history) == ["kl", "loss", "reconstruction"] and len(history["loss"]) == 60
+    assert result.losses is history["loss"] and not result.ema.training
     assert sum(history["loss"][-10:]) / 10 < 0.5 * sum(history["loss"][:5]) / 5
 
 
@@ -79,9 +81,17 @@ def test_gan_losses_at_an_undecided_discriminator_and_the_non_saturating_gradien
 def test_gan_training_runs_and_returns_an_ema_generator():
     torch.manual_seed(0)
     G, D = Generator(latent_dim=16, width=8), Discriminator(width=8)
-    history, ema = train_gan(G, D, toy_digits(), steps=20, batch_size=16, device="cpu", progress=False, log_every=7)
+    result = train_gan(G, D, toy_digits(), steps=20, batch_size=16, device="cpu", progress=False, log_every=7)
+    history, ema = result.history, result.ema
+    # Two losses and no single one: unpacking as (losses, ema) would hide which, so it is refused.
+    with pytest.raises(AttributeError, match="several losses"):
+        _, _ = result
     assert all(len(v) == 20 for v in history.values())
     assert all(0 <= p <= 1 for p in history["d_real"] + history["d_fake"])
     assert not ema.training and not any(p.requires_grad for p in ema.parameters())
     assert gan_sample(ema, 5).shape == (5, 1, 28, 28)
+    same = [gan_sample(ema, 3, generator=torch.Generator().manual_seed(9)) for _ in range(2)]
+    assert torch.equal(*same)  # the generator fixes z
+    with pytest.raises(TypeError):
+        gan_sample(ema, 3, rng=torch.Generator())  # the former spelling is gone
     assert G.training  # gan_sample restores the mode it found
