@@ -47,7 +47,9 @@ def test_the_setup_cell_installs_ddpm_lib_and_the_chapter_runs(tmp_path):
     setup = next(c for c in nb["cells"] if c["cell_type"] == "code")
     source = "".join(setup["source"])
     assert f"git+{REPO_URL}" in source
-    setup["source"] = source.replace(f"git+{REPO_URL}", f"git+{ROOT.as_uri()}")
+    # file://localhost/...: the pip that a fresh venv bundles rejects a PEP 508 file URL without
+    # a host ("name[extra] @ git+file:///path"); the GitHub URL of the real cell has one.
+    setup["source"] = source.replace(f"git+{REPO_URL}", f"git+file://localhost{ROOT.as_posix()}")
     chapter = tmp_path / CHAPTER.name
     chapter.write_text(json.dumps(nb))
 
