@@ -195,15 +195,10 @@ def save_for_publishing(name: str, model: nn.Module, draw, *, n: int = 1000) -> 
 
 
 def estimate_seconds(step, total_steps: int, *, probe_steps: int = 5, device=None) -> float:
-    """How long ``total_steps`` calls of ``step()`` will take here, from ``probe_steps`` timed calls.
-
-    The first call is left out of the timing: it pays one-off costs (kernel selection, allocation).
-    """
-    if probe_steps < 1 or total_steps < 0:
-        raise ValueError(f"probe_steps must be positive and total_steps non-negative, got {probe_steps}, {total_steps}")
-    step()
-    _, seconds = timed(lambda: [step() for _ in range(probe_steps)], device)
-    return seconds / probe_steps * total_steps
+    """How long ``total_steps`` calls of ``step()`` will take here: :func:`estimate_run` for work
+    that comes one call at a time."""
+    return estimate_run(lambda k: [step() for _ in range(k)], total_steps, probe_steps=probe_steps,
+                        device=device)
 
 
 def estimate_run(run, total_steps: int, *, probe_steps: int = 10, device=None) -> float:
