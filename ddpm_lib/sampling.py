@@ -196,9 +196,22 @@ def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
     the timestep grid (:func:`~ddpm_lib.timesteps.timestep_grid`); ``y``, ``guidance_scale``: see
     :func:`conditioned`.
     """
+    model = conditioned(model, y, guidance_scale)
+    return run_sampler(model, schedule, x_T, timestep_grid(schedule, num_steps, spacing),
+                       ddim_update(schedule, eta=eta, generator=generator), clip_x0=clip_x0, callback=callback,
+                       amp=amp)
+
+
+def ddim_update(schedule: NoiseSchedule, *, eta: float = 0.0, generator: torch.Generator | None = None):
+    """The DDIM step (Song et al. 2021, eq. 12) as an ``update`` for :func:`run_sampler`.
+
+    From index i to any earlier index i_prev (-1: the clean image). ``eta = 1`` draws from the
+    posterior of the chain that jumps from i_prev to i, which is ancestral sampling on a strided
+    grid; ``eta = 0`` adds no noise. Editing (:mod:`ddpm_lib.editing`) steps with it too.
+    """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    model = conditioned(model, y, guidance_scale)
+
     def update(x_t, prediction, t, i, i_prev):
         (a, s), (a_prev, s_prev) = scales(schedule, i), scales(schedule, i_prev)  # sqrt(alpha_bar), sqrt(1 - ...)
         sigma = eta * s_prev / s * math.sqrt(max(1.0 - (a / a_prev) ** 2, 0.0))  # eq. 16
@@ -208,5 +221,4 @@ def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
             x_prev = x_prev + sigma * torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         return x_prev
 
-    return run_sampler(model, schedule, x_T, timestep_grid(schedule, num_steps, spacing), update, clip_x0=clip_x0,
-                       callback=callback, amp=amp)
+    return update

@@ -1,7 +1,8 @@
 """Which timesteps a sampler visits: the grid is a choice as consequential as the solver.
 
-A grid is a descending list of timestep indices that starts at the noisiest step T-1 and ends at
-index 0 (every sampler then takes one last step to the clean image). Three spacings:
+A grid is a descending list of timestep indices; every sampler takes one last step from its final
+index to the clean image. The first three spacings start at the noisiest step T-1 and end at index
+0:
 
 - ``"uniform"``: evenly spaced indices (DDIM's choice, Song et al. 2021);
 - ``"logsnr"``: evenly spaced in the half log signal-to-noise ratio lambda = log(alpha / sigma),
@@ -13,6 +14,15 @@ For these two, steps above ``sigma_max = 80`` (Karras et al.'s largest noise lev
 schedule whose alpha_bar_T is tiny (the cosine schedule's is 2e-9, sigma about 2e4) would otherwise
 spend most of its grid where the image is pure noise. The grid then starts at T-1 and spaces the
 other points from sigma_max down.
+
+Two more, for the grids that other codebases use (the names of Lin et al. 2024, table 2), each
+evenly spaced by T / num_steps and missing one end:
+
+- ``"leading"``: indices k T / num_steps, k = 0, ..., num_steps - 1: it ends at index 0 but starts
+  below T-1, from a noise level the network never sees paired with pure noise (DDIM's original
+  code, and Stable Diffusion's default);
+- ``"trailing"``: T-1 down to T / num_steps - 1: it starts at T-1 but leaves the last jump, to
+  the clean image, from index T / num_steps - 1.
 
 The network was trained on integer timesteps only, so each grid point is rounded to the nearest
 index, and indices that rounding merged are pushed apart to keep every step distinct.
@@ -26,7 +36,7 @@ import numpy as np
 
 from .schedule import NoiseSchedule
 
-SPACINGS = ("uniform", "logsnr", "karras")
+SPACINGS = ("uniform", "logsnr", "karras", "leading", "trailing")
 
 
 def _check_num_steps(T: int, num_steps: int) -> None:
@@ -62,11 +72,15 @@ def _distinct(indices: np.ndarray, T: int) -> list[int]:
 
 def timestep_grid(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform", *, rho: float = 7.0,
                   sigma_max: float = 80.0) -> list[int]:
-    """``num_steps`` distinct timestep indices from T-1 down to 0, spaced by ``spacing`` (see above)."""
+    """``num_steps`` distinct descending timestep indices in [0, T-1], spaced by ``spacing`` (see above)."""
     T = schedule.T
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     _check_num_steps(T, num_steps)
+    if spacing == "leading":  # k T / n, noisiest first
+        return [math.floor(k * T / num_steps) for k in reversed(range(num_steps))]
+    if spacing == "trailing":  # T - k T / n, shifted down by one to an index
+        return [math.floor(T - k * T / num_steps + 0.5) - 1 for k in range(num_steps)]
     if spacing == "uniform" or num_steps in (1, T):
         return ddim_timesteps(T, num_steps)
     sigma = (schedule.sqrt_one_minus_alpha_bars.detach().cpu().double()

@@ -32,8 +32,10 @@ def exact_setup(T):
 
 SAMPLERS = {
     "ddim": (lambda m, s, x, n: dl.ddim_sample(m, s, x, num_steps=n, clip_x0=False, spacing="karras"), 1.0),
-    "heun": (lambda m, s, x, n: dl.heun_sample(m, s, x, num_steps=n, spacing="karras"), 2.0),
-    "dpm_solver_2m": (lambda m, s, x, n: dl.dpm_solver_sample(m, s, x, num_steps=n, spacing="karras"), 2.0),
+    # The exact ODE is unclipped: every solver runs without clipping against it.
+    "heun": (lambda m, s, x, n: dl.heun_sample(m, s, x, num_steps=n, spacing="karras", clip_x0=False), 2.0),
+    "dpm_solver_2m": (lambda m, s, x, n: dl.dpm_solver_sample(m, s, x, num_steps=n, spacing="karras",
+                                                              clip_x0=False), 2.0),
 }
 
 
@@ -74,7 +76,8 @@ def test_dpm_solver_2m_takes_the_steps_of_algorithm_2_written_out():
         x0_prev = x0
     ratios = [(lam[k] - lam[k - 1]) / (lam[k + 1] - lam[k]) for k in range(1, len(grid) - 1)]
     assert min(ratios) < 0.5 and max(ratios) > 5
-    torch.testing.assert_close(dl.dpm_solver_sample(model, schedule, x_T, num_steps=5), x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(dl.dpm_solver_sample(model, schedule, x_T, num_steps=5, clip_x0=False), x,
+                               rtol=1e-9, atol=1e-9)
 
 
 def test_heun_stays_finite_in_float16():
@@ -89,7 +92,7 @@ def test_first_order_dpm_solver_is_ddim():
     schedule, model, x_T, _ = exact_setup(1000)
     for spacing in ("uniform", "karras"):
         ddim = dl.ddim_sample(model, schedule, x_T, num_steps=15, clip_x0=False, spacing=spacing)
-        dpm1 = dl.dpm_solver_sample(model, schedule, x_T, num_steps=15, order=1, spacing=spacing)
+        dpm1 = dl.dpm_solver_sample(model, schedule, x_T, num_steps=15, order=1, spacing=spacing, clip_x0=False)
         # Equal up to float32 rounding: the schedule stores its coefficients in float32, and the two
         # update rules combine them differently.
         torch.testing.assert_close(dpm1, ddim, rtol=1e-6, atol=1e-6)
@@ -155,3 +158,24 @@ def test_timestep_grids_are_distinct_descending_and_spaced_as_named():
         timestep_grid(schedule, 10, "quadratic")
     with pytest.raises(ValueError, match="num_steps"):
         timestep_grid(schedule, 1001, "karras")
+
+
+def test_leading_and_trailing_grids_miss_one_end_each():
+    # Lin et al. 2024, table 2, for T = 1000 and 10 steps: leading 900, 800, ..., 0 (never T-1);
+    # trailing 999, 899, ..., 99 (never 0). Both step by exactly T / n when n divides T.
+    schedule = dl.cosine_schedule(1000)
+    assert timestep_grid(schedule, 10, "leading") == list(range(900, -1, -100))
+    assert timestep_grid(schedule, 10, "trailing") == list(range(999, 98, -100))
+    for spacing in ("leading", "trailing"):
+        for n in (1, 3, 7, 50, 999, 1000):
+            grid = timestep_grid(schedule, n, spacing)
+            assert len(grid) == n and 0 <= grid[-1] and grid[0] <= 999, (spacing, n)
+            assert all(a > b for a, b in zip(grid, grid[1:])), (spacing, n)
+            assert max(grid[k] - grid[k + 1] for k in range(n - 1)) <= -(-1000 // n) if n > 1 else True
+        assert timestep_grid(schedule, 1000, spacing) == list(range(999, -1, -1))
+    # Every sampler runs on them and still ends at the clean image's scale.
+    model = dl.GaussianDenoiser(schedule, MU, S)
+    x_T = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    for spacing in ("leading", "trailing"):
+        x0 = dl.dpm_solver_sample(model, schedule, x_T, num_steps=20, spacing=spacing, clip_x0=False)
+        assert abs(x0.mean().item() - MU) < 0.15 and abs(x0.std().item() - S) < 0.15
