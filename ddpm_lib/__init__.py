@@ -20,14 +20,14 @@ The public API, by concept:
 The other generative models and the metrics live in their own modules, imported by name:
 ``ddpm_lib.vae`` (VAE, VAELoss, vae_loss, vae_sample, train_vae), ``ddpm_lib.gan`` (Generator,
 Discriminator, the non-saturating losses, gan_sample, train_gan), ``ddpm_lib.metrics`` (the feature
-network, Frechet distance, KID, precision and recall, class coverage) and ``ddpm_lib.evidence``
-(bootstrap intervals, nearest-neighbour distances to the training set, blur). ``ddpm_lib.book``
-holds what the chapters need around them (start-up, smoke mode, data, timing, trained models,
-animations); its ``start_chapter``, ``smoke_mode``, ``Chapter`` and ``animation_html`` are also
-re-exported here.
+network, Frechet distance, KID, precision and recall, class coverage), ``ddpm_lib.evidence``
+(bootstrap intervals, nearest-neighbour distances to the training set, blur) and
+``ddpm_lib.editing`` (inpainting after RePaint, and SDEdit). ``ddpm_lib.book`` holds what the
+chapters need around them (start-up, smoke mode, data, timing, trained models, animations); its
+``start_chapter``, ``smoke_mode``, ``Chapter`` and ``animation_html`` are also re-exported here.
 """
 
-from . import book, evidence, gan, metrics, vae
+from . import book, editing, evidence, gan, metrics, vae
 from .analytic import GaussianDenoiser, GaussianVelocity
 from .blocks import ConvNeXtBlock, Downsample, Upsample
 from .book import Chapter, animation_html, smoke_mode, start_chapter
@@ -53,7 +53,7 @@ from .utils import device_name, pick_device, seed_everything
 __version__ = "0.1.0"
 
 __all__ = [
-    "book", "evidence", "gan", "metrics", "vae",
+    "book", "editing", "evidence", "gan", "metrics", "vae",
     "NoiseSchedule", "linear_schedule", "cosine_schedule",
     "q_sample", "predict_x0", "predict_eps", "q_posterior", "ddpm_loss", "DDPMLoss",
     "ddpm_sample", "ddim_sample", "heun_sample", "dpm_solver_sample", "ddim_timesteps", "timestep_grid",
