@@ -24,7 +24,7 @@ import torch
 from .diffusion import q_sample
 from .sampling import conditioned, ddim_update, denoise, run_sampler, scales
 from .schedule import NoiseSchedule
-from .timesteps import timestep_grid
+from .timesteps import ddim_timesteps, timestep_grid
 
 
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -101,9 +101,7 @@ def sdedit(model, schedule: NoiseSchedule, x_guide: torch.Tensor, *, strength: f
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must lie in [0, 1], got {strength}")
     t0 = round(strength * (schedule.T - 1))
-    steps = min(num_steps, t0 + 1)
-    # evenly spaced from t0 down to 0, both ends included (t0 alone if only one step fits)
-    grid = [t0] if steps == 1 else [round(t0 * k / (steps - 1)) for k in reversed(range(steps))]
+    grid = ddim_timesteps(t0 + 1, min(num_steps, t0 + 1))  # evenly spaced from t0 down to 0
     x_t0, _ = q_sample(schedule, x_guide, t0, _noise_like(x_guide, generator))  # eq. 4
     return run_sampler(conditioned(model, y, guidance_scale), schedule, x_t0, grid,
                        ddim_update(schedule, eta=eta, generator=generator), clip_x0=clip_x0, amp=amp)
