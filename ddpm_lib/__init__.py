@@ -8,7 +8,7 @@ The public API, by concept:
   timestep_grid); what they share: denoise, Prediction, run_sampler, count_nfe; labels and
   classifier-free guidance (conditioned); GaussianDenoiser, the exact eps for Gaussian data
 - the network's targets:  score_from_eps, v_from_eps, eps_from_v
-- flow matching:  flow_matching_loss, flow_sample, flow_velocity, GaussianVelocity (the exact velocity)
+- flow matching:  flow_matching_loss, flow_sample, flow_velocity, ReflowLoss, GaussianVelocity (the exact velocity)
 - network:  SinusoidalEmbedding, ConvNeXtBlock, Downsample, Upsample, UNet
 - training:  train (any objective), TrainResult, Batch, autocast_dtype, make_ema, update_ema
 - checkpoints and published weights:  save_checkpoint, load_checkpoint, save_model, load_model,
@@ -36,7 +36,7 @@ from .data import DatasetError, from_model_range, held_out_split, load_fashion_m
 from .diffusion import (DDPMLoss, ddpm_loss, eps_from_v, predict_eps, predict_x0, q_posterior, q_sample,
                         score_from_eps, v_from_eps)
 from .ema import make_ema, update_ema
-from .flow import flow_matching_loss, flow_sample, flow_velocity
+from .flow import ReflowLoss, flow_matching_loss, flow_sample, flow_velocity
 from .hub import load_weights, pretrained, save_weights
 from .embedding import SinusoidalEmbedding
 from .loop import Batch, TrainResult
@@ -59,7 +59,7 @@ __all__ = [
     "ddpm_sample", "ddim_sample", "heun_sample", "dpm_solver_sample", "ddim_timesteps", "timestep_grid",
     "denoise", "Prediction", "run_sampler", "count_nfe", "conditioned", "GaussianDenoiser",
     "score_from_eps", "v_from_eps", "eps_from_v",
-    "flow_matching_loss", "flow_sample", "flow_velocity", "GaussianVelocity",
+    "flow_matching_loss", "flow_sample", "flow_velocity", "ReflowLoss", "GaussianVelocity",
     "SinusoidalEmbedding", "ConvNeXtBlock", "Downsample", "Upsample", "UNet",
     "train", "TrainResult", "Batch", "autocast_dtype", "make_ema", "update_ema",
     "save_checkpoint", "load_checkpoint", "save_model", "load_model", "pretrained", "save_weights", "load_weights",

@@ -10,6 +10,9 @@
 - How sure is a share such as precision or recall? :func:`split_precision_recall` scores disjoint
   parts of the generated set and :func:`spread` turns the parts into a mean with a Student-t
   interval.
+- How sure is an accuracy near 100%? :func:`wilson_interval`.
+- How does a measured number print? :func:`format_pm` and :func:`format_interval` give as many
+  decimals as its error bar supports; :func:`markdown_table` lays results out as a table.
 - How blurry are the samples? :func:`undecided_fraction`, the share of pixels that are neither
   ink nor paper: near zero for real MNIST digits, high for a decoder that averages.
 """
@@ -104,6 +107,21 @@ def undecided_fraction(images: torch.Tensor, low: float = 0.2, high: float = 0.8
     return float(((v > low) & (v < high)).double().mean())
 
 
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> dict:
+    """A share of ``k`` successes in ``n`` trials with its Wilson score interval (Wilson 1927).
+
+    Returns ``{"value", "std", "low", "high"}``. Unlike value -/+ 1.96 std, the interval stays
+    inside [0, 1] and is not empty at k = 0 or k = n, where a classifier's accuracy often sits.
+    """
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k = {k}, n = {n}")
+    p = k / n
+    z = math.sqrt(2) * torch.erfinv(torch.tensor(confidence, dtype=torch.float64)).item()
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return {"value": p, "std": math.sqrt(p * (1 - p) / n), "low": centre - half, "high": centre + half}
+
+
 def intervals_separate(a: dict, b: dict) -> bool:
     """Whether two :func:`bootstrap` intervals do not overlap: only then is a ranking claimed."""
     return a["high"] < b["low"] or b["high"] < a["low"]
@@ -113,3 +131,34 @@ def normal_interval(mean: float, std: float, confidence: float = 0.95) -> tuple[
     """mean -/+ z std, with z the normal quantile for ``confidence`` (1.96 for 95%)."""
     z = math.sqrt(2) * torch.erfinv(torch.tensor(confidence, dtype=torch.float64)).item()
     return mean - z * std, mean + z * std
+
+
+# How a measured number prints: as many decimals as its error bar supports, never more.
+def _decimals(std: float) -> int:
+    """Decimal places that show ``std`` to two significant figures (3 when there is no spread)."""
+    return 3 if not std > 0 else max(0, 1 - math.floor(math.log10(std)))
+
+
+def format_pm(m: dict | None) -> str:
+    """``{"value", "std"}`` as "value ± std", both to the std's second significant figure; "–" for None."""
+    if m is None:
+        return "–"
+    d = _decimals(m["std"])
+    return f"{m['value']:.{d}f} ± {m['std']:.{d}f}"
+
+
+def format_interval(m: dict) -> str:
+    """``{"value", "std", "low", "high"}`` as "value [low, high]", to the std's second significant figure."""
+    d = _decimals(m["std"])
+    return f"{m['value']:.{d}f} [{m['low']:.{d}f}, {m['high']:.{d}f}]"
+
+
+def markdown_table(header, rows, caption: str = "") -> str:
+    """A Markdown table (first column left-aligned, the others right-aligned), with an optional caption above."""
+    if any(len(row) != len(header) for row in rows):
+        raise ValueError(f"every row needs {len(header)} cells, one per column of the header")
+    lines = [caption, ""] if caption else []
+    lines += ["| " + " | ".join(map(str, header)) + " |",
+              "|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)

@@ -6,13 +6,16 @@ d x_tau / d tau = eps - x0, and a network trained to regress that target on x_ta
 velocity field v(x, tau) = E[eps - x0 | x_tau = x], whose ODE carries noise at tau = 1 onto the
 data at tau = 0. Like DDPM's, this path is Gaussian given x0; it differs in its scales (1 - tau
 and tau instead of sqrt(alpha_bar) and sqrt(1 - alpha_bar)) and in the target (the velocity, a
-fixed linear combination of eps and x0, instead of eps).
+fixed linear combination of eps and x0, instead of eps). :class:`ReflowLoss` straightens a trained
+flow by training again on the pairs of noise and image that its own ODE makes.
 
 The network is the same U-Net: its time input takes tau scaled to the diffusion timesteps' range,
 ``TIME_SCALE * tau``, so the sinusoidal embedding sees numbers of the size it was designed for.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 import torch.nn.functional as F
@@ -37,13 +40,49 @@ def flow_matching_loss(model, batch, generator: torch.Generator | None = None) -
     """
     if getattr(unwrap(model), "num_classes", None) is not None:
         raise ValueError("flow_matching_loss trains unconditional models; this one is class-conditional")
-    x0 = batch.images
     tau = batch.rand(generator)  # [B]; drawn through the batch, like every objective's random numbers
-    eps = batch.randn(generator=generator)
-    v_hat = model(flow_path(x0, eps, tau), TIME_SCALE * tau)
+    return straight_line_loss(model, batch.images, batch.randn(generator=generator), tau)
+
+
+def straight_line_loss(model, x0: torch.Tensor, x1: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """The mean squared error between the network's velocity at x_tau and the straight line's, x1 - x0."""
+    v_hat = model(flow_path(x0, x1, tau), TIME_SCALE * tau)
     if v_hat.shape != x0.shape:
         raise ValueError(f"the model returned shape {list(v_hat.shape)} for images {list(x0.shape)}")
-    return F.mse_loss(v_hat.float(), (eps - x0).float())
+    return F.mse_loss(v_hat.float(), (x1 - x0).float())
+
+
+class ReflowLoss:
+    """One reflow step of rectified flow (Liu et al. 2023) as an objective for :func:`ddpm_lib.train`.
+
+    Flow matching pairs each image with *independent* noise, so straight lines between pairs cross,
+    and the learned velocity (their average where they cross) bends. Reflow trains on pairs that
+    the model itself made: noise ``x1`` and the image ``x0`` its ODE carries that noise to. Those
+    lines do not cross (an ODE's paths never do), so the new field is straighter and Euler's method
+    needs fewer steps. Train with ``images`` = the generated x0 [N, C, H, W] and ``labels`` =
+    ``torch.arange(N)``: a batch's labels say which rows of ``noise`` [N, C, H, W] started them.
+    """
+
+    def __init__(self, noise: torch.Tensor):
+        if not isinstance(noise, torch.Tensor) or not noise.dtype.is_floating_point or noise.ndim != 4:
+            raise ValueError("noise must be the float tensor [N, C, H, W] of the pairs' starting noises")
+        self.noise = noise
+
+    def to(self, device) -> "ReflowLoss":
+        return ReflowLoss(self.noise.to(device))
+
+    def __call__(self, model, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        if batch.labels is None:
+            raise ValueError("ReflowLoss pairs each image with its noise by index: pass train(..., labels=torch.arange(N))")
+        if int(batch.labels.max()) >= len(self.noise) or batch.images.shape[1:] != self.noise.shape[1:]:
+            raise ValueError(f"the pairs do not match: {len(self.noise)} noises of shape {list(self.noise.shape[1:])}, "
+                             f"an image of shape {list(batch.images.shape[1:])} with index {int(batch.labels.max())}")
+        tau = batch.rand(generator)  # [B]
+        return straight_line_loss(model, batch.images, self.noise[batch.labels], tau)
+
+    def __repr__(self) -> str:  # what a checkpoint records: the pairs' identity, not their values
+        digest = hashlib.sha256(self.noise.detach().float().cpu().numpy().tobytes()).hexdigest()[:12]
+        return f"ReflowLoss(noise={list(self.noise.shape)}, sha256={digest!r})"
 
 
 def flow_velocity(model):

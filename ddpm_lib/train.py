@@ -112,6 +112,9 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
         raise ValueError(f"cannot checkpoint a run of {loss_fn!r}: a resumed run must be able to check that its "
                          "objective is the same, so pass a module-level function or an object with a stable repr "
                          "(a dataclass, for example)")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("the model has no trainable parameters (an EMA copy is frozen: call "
+                         "model.requires_grad_(True) to train it further)")
     device = resolve_device(device)
     processes = world(device.type)  # one process, or one of several started by torchrun
     if processes.size > 1 and device.type == "cuda":

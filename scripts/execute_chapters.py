@@ -29,6 +29,20 @@ MAX_BYTES = 5 * 2**20  # what a reader's browser should have to load for one pag
 CHAPTER_BUDGET_MIN, BOOK_BUDGET_MIN = 30, 120
 
 
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def drop_live_widgets(nb) -> None:
+    """Remove widget outputs (a training run's progress bar) from cells that keep their other outputs.
+
+    A widget needs a live kernel; the static page would show a stale bar. A cell tagged
+    remove-output hides all its outputs anyway; elsewhere the printed text stays and the widget goes.
+    """
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "remove-output" not in cell.get("metadata", {}).get("tags", []):
+            cell.outputs = [o for o in cell.outputs if WIDGET not in o.get("data", {})]
+
+
 def execute(path: Path, out: Path) -> float:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=None, kernel_name="python3",
@@ -36,6 +50,7 @@ def execute(path: Path, out: Path) -> float:
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start
+    drop_live_widgets(nb)
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out)
     if out.stat().st_size > MAX_BYTES:

@@ -20,7 +20,8 @@ from ddpm_lib import hub
 
 ROOT = Path(__file__).resolve().parents[1]
 # name -> the chapter whose full run trains and saves it
-MODELS = {"mnist-vae": "01_vae", "mnist-gan": "02_gan", "mnist-ddpm": "06_training"}
+MODELS = {"mnist-vae": "01_vae", "mnist-gan": "02_gan", "mnist-ddpm": "06_training",
+          "mnist-ddpm-cond": "10_guidance", "mnist-flow": "11_flow_matching"}
 
 
 def main(argv=None) -> None:

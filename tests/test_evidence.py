@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from ddpm_lib import evidence
 from ddpm_lib.evidence import (bootstrap, intervals_separate, nearest_distances, normal_interval, split_precision_recall,
                                spread, undecided_fraction)
 
@@ -76,3 +77,35 @@ def test_split_precision_recall_scores_disjoint_parts():
     for m in (precision, recall):
         assert 0.6 < m["value"] <= 1.0 and m["std"] < 0.1 and m["low"] <= m["value"] <= m["high"]
     assert split_precision_recall(real, real[:12], parts=4) == (None, None)  # 3 per part, k = 3
+
+
+def test_numbers_print_to_the_precision_their_error_bar_supports():
+    # std 0.0123 -> two significant figures are 0.012, so three decimals: 1.235 ± 0.012
+    assert evidence.format_pm({"value": 1.23456, "std": 0.0123}) == "1.235 ± 0.012"
+    # std 35.2 -> two significant figures are 35, so no decimals
+    assert evidence.format_pm({"value": 298.7, "std": 35.2}) == "299 ± 35"
+    assert evidence.format_pm({"value": 0.5, "std": 0.0}) == "0.500 ± 0.000"
+    assert evidence.format_pm(None) == "–"
+    assert evidence.format_interval({"value": 87.46, "std": 17.6, "low": 53.0, "high": 122.0}) == "87 [53, 122]"
+
+
+def test_markdown_table_aligns_columns_and_checks_row_lengths():
+    text = evidence.markdown_table(["a", "b"], [[1, 2]], caption="**T**")
+    assert text.splitlines() == ["**T**", "", "| a | b |", "|:--|--:|", "| 1 | 2 |"]
+    with pytest.raises(ValueError, match="2 cells"):
+        evidence.markdown_table(["a", "b"], [[1]])
+
+
+def test_wilson_interval_stays_inside_zero_one_and_matches_the_formula():
+    # k = 0 of n = 10: the centre (0 + z^2/20) / (1 + z^2/10) and the half-width
+    # z / (1 + z^2/10) * sqrt(z^2 / 400) are equal, so low = 0 and high = (z^2/10) / (1 + z^2/10).
+    z2 = 1.959964**2
+    m = evidence.wilson_interval(0, 10)
+    assert m["value"] == 0 and abs(m["low"]) < 1e-12
+    assert m["high"] == pytest.approx((z2 / 10) / (1 + z2 / 10), rel=1e-6)  # 0.2775
+    # By symmetry, 10 of 10 mirrors it; for large n the interval tends to p -/+ 1.96 std.
+    assert evidence.wilson_interval(10, 10)["low"] == pytest.approx(1 - m["high"])
+    big = evidence.wilson_interval(5_000, 10_000)
+    assert big["high"] - big["low"] == pytest.approx(2 * 1.959964 * 0.005, rel=1e-3)
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        evidence.wilson_interval(11, 10)

@@ -42,3 +42,16 @@ def test_the_wall_time_table_flags_chapters_and_a_book_over_budget():
     assert "| 06_training.ipynb | 31.0 | NO |" in table  # over 30 minutes
     assert "| **all** | **43.0** | yes |" in table  # the book's budget is 120
     assert "| **all** | **121.0** | NO |" in execute_chapters.wall_time_table({"a": 30.0, "b": 30.0, "c": 61.0})
+
+
+def test_widget_outputs_are_dropped_unless_the_cell_hides_its_outputs():
+    widget = nbformat.v4.new_output("display_data", data={execute_chapters.WIDGET: {"model_id": "x"},
+                                                          "text/plain": "bar"})
+    text = nbformat.v4.new_output("stream", text="trained\n")
+    shown, hidden = nbformat.v4.new_code_cell("train()"), nbformat.v4.new_code_cell("train()")
+    shown.outputs, hidden.outputs = [widget, text], [widget]
+    hidden.metadata["tags"] = ["remove-output"]
+    nb = nbformat.v4.new_notebook(cells=[shown, hidden])
+    execute_chapters.drop_live_widgets(nb)
+    assert shown.outputs == [text]  # the printed summary stays, the stale progress bar goes
+    assert hidden.outputs == [widget]  # the page hides it anyway

@@ -78,3 +78,38 @@ def test_the_callback_sees_each_step_and_the_clean_image_the_velocity_points_to(
         dl.GaussianVelocity(MU, 0.0)
     with pytest.raises(ValueError, match="method"):
         dl.flow_sample(dl.GaussianVelocity(MU, S), x_1, method="rk4")
+
+
+class LinearCouplingVelocity(torch.nn.Module):
+    """The exact velocity of straight lines between x1 ~ N(0, 1) and x0 = m + s x1 (a coupling that
+    a deterministic map makes, as an ODE does). On the line, x_tau = (1 - tau) m + c x1 with
+    c = (1 - tau) s + tau, so x_tau alone fixes x1 = (x - (1 - tau) m) / c, and the velocity
+    x1 - x0 = (1 - s) x1 - m is a function of x_tau: v(x, tau) = (1 - s)(x - (1 - tau) m) / c - m."""
+
+    def __init__(self, m, s):
+        super().__init__()
+        self.m, self.s = m, s
+
+    def forward(self, x, t):
+        tau = (t / 1000.0).view(-1, 1, 1, 1)  # the flow objectives feed TIME_SCALE * tau
+        c = (1 - tau) * self.s + tau
+        return (1 - self.s) * (x - (1 - tau) * self.m) / c - self.m
+
+
+def test_reflow_loss_pairs_each_image_with_its_own_noise():
+    # With the right pairs the exact velocity above makes the straight-line loss zero; with the
+    # pairs shuffled (independent noise, as in flow matching) no velocity field can, since lines
+    # cross and x_tau no longer determines x1 - x0.
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.randn(512, 1, 2, 2, generator=g, dtype=torch.float64)
+    x0 = 0.3 + 0.5 * x1
+    loss_fn, model = dl.ReflowLoss(x1), LinearCouplingVelocity(0.3, 0.5)
+    paired = loss_fn(model, dl.Batch(x0, torch.arange(512)), generator=g)
+    shuffled = loss_fn(model, dl.Batch(x0, torch.randperm(512, generator=g)), generator=g)
+    assert paired.item() < 1e-10  # float32 rounding: errors of 1e-7, squared
+    assert shuffled.item() > 0.1
+    with pytest.raises(ValueError, match="labels=torch.arange"):
+        loss_fn(model, dl.Batch(x0), generator=g)
+    with pytest.raises(ValueError, match="do not match"):
+        loss_fn(model, dl.Batch(x0, torch.arange(512) + 1), generator=g)
+    assert "sha256" in repr(loss_fn) and repr(loss_fn) == repr(dl.ReflowLoss(x1.clone()))

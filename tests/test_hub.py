@@ -142,3 +142,24 @@ def test_every_published_model_loads_from_the_checkout_with_its_hash():
         assert path.stat().st_size == entry["bytes"]
         model = pt.load_weights(path)
         assert not model.training
+
+
+def test_every_published_model_ships_in_the_checkout_and_loads():
+    # The registry that ships with the package, the files in weights/ and the chapters that train
+    # them must agree: each file is present with the recorded hash, loads, and names its chapter.
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("publish_weights", root / "scripts" / "publish_weights.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    registry = pt.read_registry()
+    assert set(registry) == set(script.MODELS)
+    for name, entry in registry.items():
+        path = root / "weights" / entry["file"]
+        assert pt.sha256_of(path) == entry["sha256"], name
+        assert (root / "notebooks" / f"{entry['chapter']}.ipynb").exists(), name
+        assert entry["chapter"] == script.MODELS[name]
+        model = pt.load_weights(path)
+        assert isinstance(model, torch.nn.Module) and not model.training

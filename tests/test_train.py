@@ -77,6 +77,9 @@ def test_train_rejects_images_that_do_not_fit_the_model():
         train(UNet(1, 8, (1, 2, 4)), SCHEDULE, torch.zeros(4, 1, 10, 10), steps=1, device="cpu", progress=False)
     with pytest.raises(ValueError, match="amp"):
         train(model, SCHEDULE, tiny_images(), steps=1, device="cpu", amp="fp8", progress=False)
+    frozen = tiny_unet().requires_grad_(False)  # as an EMA copy comes out of training
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train(frozen, SCHEDULE, tiny_images(), steps=1, device="cpu", progress=False)
 
 
 def test_callback_sees_the_ema_model_every_log_every_steps():
