@@ -44,6 +44,13 @@ CONFIGS = {
     "F: base 16, batch 32, lr 2e-3": ({"base_dim": 16}, {"batch_size": 32, "lr": 2e-3, "ema_decay": 0.998}, {}),
     "G: base 8, batch 32, lr 2e-3": ({"base_dim": 8}, {"batch_size": 32, "lr": 2e-3, "ema_decay": 0.998}, {}),
     "H: base 16, batch 16, lr 1e-3": ({"base_dim": 16}, {"batch_size": 16, "lr": 1e-3, "ema_decay": 0.998}, {}),
+    "I: base 8, batch 16, lr 1e-3": ({"base_dim": 8}, {"batch_size": 16, "lr": 1e-3, "ema_decay": 0.998}, {}),
+    "J: base 12, batch 32, lr 2e-3": ({"base_dim": 12}, {"batch_size": 32, "lr": 2e-3, "ema_decay": 0.998}, {}),
+    "K: base 8, batch 32, lr 1e-3": ({"base_dim": 8}, {"batch_size": 32, "lr": 1e-3, "ema_decay": 0.998}, {}),
+    "L: base 8, batch 32, lr 3e-3": ({"base_dim": 8}, {"batch_size": 32, "lr": 3e-3, "ema_decay": 0.998}, {}),
+    "M: base 12, batch 32, lr 3e-3": ({"base_dim": 12}, {"batch_size": 32, "lr": 3e-3, "ema_decay": 0.998}, {}),
+    "N: base 12, batch 32, lr 1.5e-3": ({"base_dim": 12}, {"batch_size": 32, "lr": 1.5e-3, "ema_decay": 0.998}, {}),
+    "O: base 8, batch 32, lr 5e-3": ({"base_dim": 8}, {"batch_size": 32, "lr": 5e-3, "ema_decay": 0.998}, {}),
 }
 
 
@@ -61,7 +68,7 @@ def fd_with_interval(real_f: torch.Tensor, fake_f: torch.Tensor) -> dict:
     return bootstrap(lambda idx: frechet_distance(real_f, fake_f[idx]), len(fake_f), num_resamples=100)
 
 
-def images_per_second(model_args: dict, batch_size: int, steps: int = 6) -> float:
+def images_per_second(model_args: dict, batch_size: int, steps: int = 20) -> float:
     """The training speed of one configuration here: a few steps of dl.train, after one of warm-up."""
     images, _ = book.digits("train")
     model = dl.UNet(1, dim_mults=(1, 2, 4), **model_args)
