@@ -148,11 +148,12 @@ def test_fp16_autocast_with_a_gradient_scaler_trains_on_the_cpu(tmp_path):
     images = squares(16)
     torch.manual_seed(0)
     path = tmp_path / "fp16.pt"
-    # fp16 is emulated on a CPU (slow), so a short run: the loss must still fall clearly.
-    losses, _ = dl.train(dl.UNet(1, 8, (1, 2)), dl.cosine_schedule(100), images, steps=30, batch_size=16, lr=5e-3,
+    # fp16 is emulated on a CPU (slow), so a short run: the loss must still fall clearly (to about
+    # half of its start with these seeds and others tried; 0.7 leaves room for other CPUs).
+    losses, _ = dl.train(dl.UNet(1, 8, (1, 2)), dl.cosine_schedule(100), images, steps=16, batch_size=8, lr=5e-3,
                          amp="fp16", device="cpu", checkpoint=path, progress=False)
-    assert all(math.isfinite(v) for v in losses)
-    assert sum(losses[-8:]) / 8 < 0.7 * sum(losses[:8]) / 8
+    assert len(losses) == 16 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4
     state = dl.load_checkpoint(path)
     assert state["run"]["amp"] == "float16" and state["scaler"]["scale"] > 0  # the scaler resumes too
 
