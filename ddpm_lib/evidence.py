@@ -2,7 +2,8 @@
 
 - How sure is a number? :func:`bootstrap` recomputes a statistic on resamples of the generated
   set (Efron 1979) and gives a percentile interval, so two models are ranked only where their
-  intervals separate.
+  intervals separate. Two samplers run from the same noises are compared more sharply by
+  :func:`fd_difference`, which resamples both sets together.
 - Does a model copy its training data? :func:`nearest_distances` measures how far each image is
   from its nearest neighbour in a reference set. A model that memorised would put its samples
   much closer to training digits than held-out digits are (Webster et al. 2019; Carlini et al.
@@ -23,7 +24,7 @@ import math
 
 import torch
 
-from .metrics import precision_recall
+from .metrics import frechet_distance, precision_recall
 
 
 def bootstrap(statistic, n: int, *, num_resamples: int = 100, confidence: float = 0.95, seed: int = 0) -> dict:
@@ -43,6 +44,27 @@ def bootstrap(statistic, n: int, *, num_resamples: int = 100, confidence: float 
     tail = (1 - confidence) / 2
     low, high = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return {"value": float(statistic(torch.arange(n))), "low": low, "high": high, "std": float(values.std())}
+
+
+def fd_difference(reference_f: torch.Tensor, f_a: torch.Tensor, f_b: torch.Tensor, *, num_resamples: int = 100,
+                  seed: int = 0) -> dict:
+    """FD(a) - FD(b) against ``reference_f``, bootstrapped with the same resampled indices for both.
+
+    Paired: where digit i of a and digit i of b start from the same noise, resampling them
+    together cancels what the two sets share, and the difference is measured more precisely than
+    either FD. Returns ``{"value", "std", "low", "high"}`` with value -/+ 1.96 std as the interval:
+    resampled FDs sit above the value (a digit drawn twice narrows the fitted Gaussian), so their
+    percentiles need not bracket it.
+    """
+    if len(f_a) != len(f_b):
+        raise ValueError(f"a paired difference needs equally many images in both sets, got {len(f_a)} and {len(f_b)}")
+
+    def difference(i):
+        return frechet_distance(reference_f, f_a[i]) - frechet_distance(reference_f, f_b[i])
+
+    d = bootstrap(difference, len(f_a), num_resamples=num_resamples, seed=seed)
+    d["low"], d["high"] = normal_interval(d["value"], d["std"])
+    return d
 
 
 # Student's t at 97.5%, by degrees of freedom: the half-width of a 95% interval of a mean of

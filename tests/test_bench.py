@@ -58,3 +58,12 @@ def test_sampling_bench_runs_at_tiny_size(capsys):
     assert {r["sampler"] for r in rows} == {"ddpm_sample (20 steps)", "ddim_sample (20 steps)"}
     assert all(r["images_per_s"] > 0 for r in rows)
     assert "Sampling throughput" in capsys.readouterr().out
+
+
+def test_sampling_batch_bench_times_each_batch_in_both_layouts(capsys):
+    rows = load("sampling_batch").main(["--tiny", "--device", "cpu"])
+    assert [(r["batch"], r["layout"], r["slice"]) for r in rows] == [
+        (4, "default", None), (4, "channels-last", None), (8, "default", None),
+        (8, "channels-last", None), (8, "channels-last", 128)]
+    assert all(r["ms_per_image"] > 0 for r in rows)
+    assert "slices of <= 128" in capsys.readouterr().out

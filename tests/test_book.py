@@ -1,6 +1,7 @@
 """The chapters' helpers (ddpm_lib.book) and the rule that the core library never needs them."""
 
 import ast
+import time
 from pathlib import Path
 
 import pytest
@@ -105,13 +106,18 @@ def test_load_trained_prefers_the_readers_checkpoint_then_the_published_weights(
         book.load_trained("gan")
 
 
-def test_estimate_seconds_scales_the_timed_probe():
+def test_estimate_run_scales_the_timed_probe():
     calls = []
-    seconds = book.estimate_seconds(lambda: calls.append(sum(range(20_000))), 1000, probe_steps=4)
-    assert len(calls) == 5  # one warm-up, four timed
-    assert 0 < seconds < 60
+
+    def run(k):
+        calls.append(k)
+        time.sleep(0.01 * k)  # 10 ms a step
+
+    seconds = book.estimate_run(run, 1000, probe_steps=4)
+    assert calls == [1, 4]  # one untimed step that pays the one-off costs, then the timed probe
+    assert seconds >= 10  # 1000 steps of at least 10 ms (sleep never returns early)
     with pytest.raises(ValueError, match="probe_steps"):
-        book.estimate_seconds(lambda: None, 10, probe_steps=0)
+        book.estimate_run(run, 10, probe_steps=0)
 
 
 def test_digits_split_the_test_digits_once_and_shrink_in_smoke_mode(monkeypatch):

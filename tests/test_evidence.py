@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ddpm_lib import evidence
-from ddpm_lib.evidence import (bootstrap, intervals_separate, nearest_distances, normal_interval, split_precision_recall,
-                               spread, undecided_fraction)
+from ddpm_lib.evidence import (bootstrap, fd_difference, intervals_separate, nearest_distances, normal_interval,
+                               split_precision_recall, spread, undecided_fraction)
 
 
 def test_bootstrap_interval_of_a_mean_matches_the_standard_error():
@@ -109,3 +109,27 @@ def test_wilson_interval_stays_inside_zero_one_and_matches_the_formula():
     assert big["high"] - big["low"] == pytest.approx(2 * 1.959964 * 0.005, rel=1e-3)
     with pytest.raises(ValueError, match="0 <= k <= n"):
         evidence.wilson_interval(11, 10)
+
+
+def test_fd_difference_resamples_both_sets_together():
+    # The value is FD(a) - FD(b) on the full sets; swapping a and b negates every resampled
+    # difference (same indices, same seed), so the value flips sign and the std stays; a set
+    # against itself differs by exactly 0 on every resample; the interval is value -/+ 1.96 std.
+    from ddpm_lib.metrics import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    reference, f_a = torch.randn(300, 4, generator=g), torch.randn(60, 4, generator=g)
+    f_b = f_a + 0.3 * torch.randn(60, 4, generator=g)  # b shares most of a's variation
+    d = fd_difference(reference, f_a, f_b, num_resamples=50)
+    assert d["value"] == pytest.approx(frechet_distance(reference, f_a) - frechet_distance(reference, f_b))
+    swapped = fd_difference(reference, f_b, f_a, num_resamples=50)
+    assert swapped["value"] == pytest.approx(-d["value"]) and swapped["std"] == pytest.approx(d["std"])
+    assert d["high"] - d["value"] == pytest.approx(1.959964 * d["std"], rel=1e-5)
+    assert d["value"] - d["low"] == pytest.approx(d["high"] - d["value"])
+    same = fd_difference(reference, f_a, f_a, num_resamples=20)
+    assert same["value"] == 0 and same["std"] == 0
+    # Pairing cancels the shared variation: the difference varies less than FD(b) alone does.
+    alone = bootstrap(lambda i: frechet_distance(reference, f_b[i]), 60, num_resamples=50)
+    assert d["std"] < alone["std"]
+    with pytest.raises(ValueError, match="equally many"):
+        fd_difference(reference, f_a, f_b[:59])

@@ -111,6 +111,34 @@ def test_unet_rejects_sizes_it_cannot_halve_and_wrong_channels():
         UNet(dim_mults=())
 
 
+def test_unet_evaluates_a_large_cpu_batch_in_slices_with_the_same_result():
+    # No layer of the U-Net mixes images (group norm and the time embedding act per image), so
+    # evaluating 9 images as 3 slices of 3 (ceil(9 / 4) equal slices of at most 4) must give what one
+    # pass gives, up to float rounding;
+    # the slicing happens only where it pays: inference (no autograd graph) on the CPU.
+    torch.manual_seed(0)
+    model = UNet(base_dim=8, dim_mults=(1, 2), num_classes=3).eval()
+    model.cpu_inference_batch = 4
+    x, t, y = torch.randn(9, 1, 12, 12), torch.randint(0, 1000, (9,)), torch.tensor([0, 1, 2, 3] * 2 + [1])
+    stem_calls = []
+    model.stem.register_forward_hook(lambda module, args, out: stem_calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        sliced = model(x, t, y)
+        assert stem_calls == [3, 3, 3]
+        unlabeled = model(x, t)  # the null class for every image, in each slice
+        model.cpu_inference_batch = None
+        whole, whole_unlabeled = model(x, t, y), model(x, t)
+    assert stem_calls == [3, 3, 3] * 2 + [9, 9]
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(unlabeled, whole_unlabeled, rtol=1e-5, atol=1e-6)
+    model.cpu_inference_batch = 4
+    model(x, t, y)  # with autograd: one pass, whose graph backward needs whole
+    assert stem_calls[8:] == [9]
+    # Inputs are checked against the whole batch before slicing: a short y is an error, not a zip
+    with pytest.raises(ValueError, match=r"shape \[B\] = \[9\]"), torch.no_grad():
+        model(x, t, y[:8])
+
+
 def test_animation_html_is_self_contained_and_embeds_every_frame():
     # The rendered book is read offline: the player must not fetch anything, and every frame must
     # be in the page (matplotlib writes one base64 PNG per frame).
