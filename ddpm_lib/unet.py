@@ -87,9 +87,10 @@ class UNet(nn.Module):
 
     # Inference on a CPU runs fastest on batches of at most about 128 images: on 2 cores, one pass of
     # the book's U-Net (base_dim 16, channels-last) over 500 images took 1.3 times as long as the
-    # same images in slices of at most 128, as its feature maps (500 x 16 x 28 x 28 floats, 25 MB
-    # each) outgrow the cache (bench/sampling_batch.py). No layer mixes images, so slicing changes
-    # results only by rounding. Set to None to evaluate any batch in one pass.
+    # same images in slices of at most 128 (bench/sampling_batch.py), likely because the larger
+    # activations (25 MB a feature map) fall out of the faster caches. No layer mixes images, so
+    # slicing changes results only by rounding; forward hooks on the layers fire once per slice.
+    # A positive int, or None to evaluate any batch in one pass.
     cpu_inference_batch: int | None = 128
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,7 +110,9 @@ class UNet(nn.Module):
         elif y is not None:
             raise ValueError("this UNet was built without num_classes, so it takes no labels y")
         n = self.cpu_inference_batch
-        if n and B > n and x.device.type == "cpu" and not torch.is_grad_enabled():
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"cpu_inference_batch must be a positive integer or None, got {n!r}")
+        if n is not None and B > n and x.device.type == "cpu" and not torch.is_grad_enabled():
             k = -(-B // n)  # ceil(B / n) slices of equal size (within one), each at most n
             ys = [None] * k if y is None else y.tensor_split(k)
             return torch.cat([self._forward(*part) for part in zip(x.tensor_split(k), t.tensor_split(k), ys)])

@@ -137,6 +137,9 @@ def test_unet_evaluates_a_large_cpu_batch_in_slices_with_the_same_result():
     # Inputs are checked against the whole batch before slicing: a short y is an error, not a zip
     with pytest.raises(ValueError, match=r"shape \[B\] = \[9\]"), torch.no_grad():
         model(x, t, y[:8])
+    model.cpu_inference_batch = 0
+    with pytest.raises(ValueError, match="positive integer or None"), torch.no_grad():
+        model(x, t, y)
 
 
 def test_animation_html_is_self_contained_and_embeds_every_frame():
