@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 
@@ -19,3 +20,13 @@ def cli(run, format_table, description: str, argv=None) -> list[dict]:
     rows = run(tiny=args.tiny, device=device)
     print(format_table(rows, f"{dl.device_name(device)}, PyTorch {torch.__version__}"))
     return rows
+
+
+def interleaved_medians(measure, settings, rounds: int = 3) -> dict:
+    """``{setting: median of measure(setting) over rounds}``, the settings taking turns in every
+    round, so that a machine that speeds up or slows down during the run favours none of them."""
+    times = {s: [] for s in settings}
+    for _ in range(rounds):
+        for s in settings:
+            times[s].append(measure(s))
+    return {s: statistics.median(v) for s, v in times.items()}

@@ -18,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-from common import cli
+from common import cli, interleaved_medians
 
 
 def layers(tiny: bool, base: int = 32):
@@ -57,11 +57,8 @@ def run(tiny: bool = False, device=None) -> list[dict]:
     rows = []
     for name, layer, shape in layers(tiny):
         layer = layer.to(memory_format=torch.channels_last)
-        fp32, bf16 = [], []
-        for _ in range(3):  # interleaved rounds
-            fp32.append(time_layer(layer, shape, False, repeats))
-            bf16.append(time_layer(layer, shape, True, repeats))
-        f, b = statistics.median(fp32), statistics.median(bf16)
+        medians = interleaved_medians(lambda bf16: time_layer(layer, shape, bf16, repeats), (False, True))
+        f, b = medians[False], medians[True]
         print(f"  {name}: float32 {1000 * f:.1f} ms, bf16 {1000 * b:.1f} ms", flush=True)
         rows.append({"layer": name, "shape": list(shape), "fp32_ms": 1000 * f, "bf16_ms": 1000 * b})
     return rows

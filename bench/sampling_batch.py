@@ -12,13 +12,12 @@ does not favour one of them.
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 
 import ddpm_lib as dl
-from common import cli
+from common import cli, interleaved_medians
 
 
 def run(tiny: bool = False, device=None) -> list[dict]:
@@ -29,25 +28,26 @@ def run(tiny: bool = False, device=None) -> list[dict]:
     default_slice = model.cpu_inference_batch
     settings = [(b, layout, None) for b in batches for layout in ("default", "channels-last")]
     settings.append((batches[-1], "channels-last", default_slice))  # what samplers get
-    times = {s: [] for s in settings}
-    for _ in range(3):
-        for batch, layout, slice_size in settings:
-            fmt = torch.channels_last if layout == "channels-last" else torch.contiguous_format
-            model.to(memory_format=fmt)
-            model.cpu_inference_batch = slice_size
-            x = torch.randn(batch, 1, 28, 28, device=device)
-            t = torch.full((batch,), 500, device=device)
-            calls = max(2, images_per_point // batch)
-            with torch.no_grad():
-                model(x, t)  # warm-up
-                start = time.perf_counter()
-                for _ in range(calls):
-                    model(x, t)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-            times[(batch, layout, slice_size)].append((time.perf_counter() - start) / (calls * batch))
+
+    def seconds_per_image(setting) -> float:
+        batch, layout, slice_size = setting
+        model.to(memory_format=torch.channels_last if layout == "channels-last" else torch.contiguous_format)
+        model.cpu_inference_batch = slice_size
+        x = torch.randn(batch, 1, 28, 28, device=device)
+        t = torch.full((batch,), 500, device=device)
+        calls = max(2, images_per_point // batch)
+        with torch.no_grad():
+            model(x, t)  # warm-up
+            start = time.perf_counter()
+            for _ in range(calls):
+                model(x, t)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return (time.perf_counter() - start) / (calls * batch)
+
+    medians = interleaved_medians(seconds_per_image, settings)
     model.cpu_inference_batch = default_slice
-    return [{"batch": b, "layout": layout, "slice": s, "ms_per_image": 1000 * statistics.median(times[(b, layout, s)])}
+    return [{"batch": b, "layout": layout, "slice": s, "ms_per_image": 1000 * medians[(b, layout, s)]}
             for b, layout, s in settings]
 
 
