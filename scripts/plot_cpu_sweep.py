@@ -7,7 +7,8 @@ its network's speed at its batch size over a full-length run on the idle machine
 none, the speed measured just before the run started), so that other work on the machine during a
 short run does not stretch it. Error bars are +/- 1.96 bootstrap standard deviations; the grey band is the
 real-versus-real floor (sets of 1,000 training digits against the held-out digits, +/- 1.96
-standard deviations over disjoint sets), the dashed line four times the floor.
+standard deviations over disjoint sets), the dashed line four times the floor. Open markers: a full
+run's EMA weights scored again with the ancestral sampler (``cpu_sweep.py --rescore``).
 """
 
 from __future__ import annotations
@@ -50,10 +51,15 @@ def main() -> None:
         fd = [r["fd"]["value"] for r in runs]
         err = [1.96 * r["fd"]["std"] for r in runs]
         ax.errorbar(minutes, fd, yerr=err, marker="o", ms=4, capsize=3, label=name, color=colours[k % 20])
+        for r, m in zip(runs, minutes):  # the same EMA weights, drawn with the ancestral sampler
+            if "fd_ancestral" in r:
+                ax.errorbar([m], [r["fd_ancestral"]["value"]], yerr=[1.96 * r["fd_ancestral"]["std"]], marker="o",
+                            ms=6, mfc="white", capsize=3, color=colours[k % 20])
+    ax.plot([], [], "o", mfc="white", color="0.3", label="filled: DDIM-50; open: a full run, ancestral-50")
     ax.set_yscale("log")
     ax.set_xlabel("minutes of training on 2 CPU cores")
     ax.set_ylabel("FD to held-out digits (log scale)")
-    ax.set_title("Time to quality: DDIM-50, n = 1,000, +/- 1.96 bootstrap std")
+    ax.set_title("Time to quality: FD of 1,000 digits, +/- 1.96 bootstrap std")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
