@@ -80,8 +80,9 @@ def sha256_of(path) -> str:
 
 
 def save_weights(path, model: nn.Module, *, dtype: torch.dtype = torch.float16) -> str:
-    """Write ``model``'s weights (floating-point ones as ``dtype``) with its class and config; return the SHA-256."""
-    from safetensors.torch import save_file
+    """Write ``model``'s weights (floating-point ones as ``dtype``) with its class and config; return the
+    SHA-256. The same weights always give the same bytes, so a rerun republishes the same hash."""
+    from safetensors.torch import save
 
     record = model_record(model)
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
@@ -90,8 +91,19 @@ def save_weights(path, model: nn.Module, *, dtype: torch.dtype = torch.float16) 
                 "model_config": json.dumps(record["model_config"])}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    path.write_bytes(_sorted_header(save(tensors, metadata=metadata)))
     return sha256_of(path)
+
+
+def _sorted_header(blob: bytes) -> bytes:
+    """The safetensors file ``blob`` with its JSON header's keys sorted. The library writes the metadata
+    from a hash map whose order changes from process to process, so identical weights could give
+    files with different hashes. Layout: 8-byte little-endian header length, header, tensor data (whose
+    offsets count from the data's start, so rewriting the header moves nothing)."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header with spaces to a multiple of 8
+    return len(header).to_bytes(8, "little") + header + blob[8 + n:]
 
 
 def load_weights(path, *, device=None, expected: type | None = None) -> nn.Module:

@@ -27,6 +27,24 @@ def test_weights_round_trip_in_float32_exactly_and_in_float16_to_its_rounding(tm
     assert (tmp_path / "h.safetensors").stat().st_size < 0.55 * (tmp_path / "a.safetensors").stat().st_size
 
 
+def test_the_same_weights_give_the_same_bytes_with_the_header_keys_sorted(tmp_path):
+    # safetensors writes its metadata from a hash map, so its three keys could come out in any of
+    # 3! = 6 orders, and the file's SHA-256 with them. Sorted keys leave one possible file.
+    import json
+
+    model = VAE(latent_dim=2, width=4)
+    hashes = {pt.save_weights(tmp_path / f"{k}.safetensors", model) for k in range(4)}
+    assert len(hashes) == 1
+    blob = (tmp_path / "0.safetensors").read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    assert n % 8 == 0 and blob[8:9] == b"{"  # the format's padding and header start
+    orders = []  # the keys of every JSON object in the header, in the order they were written
+    json.loads(blob[8:8 + n], object_pairs_hook=lambda pairs: orders.append([k for k, _ in pairs]) or dict(pairs))
+    assert orders and all(keys == sorted(keys) for keys in orders)
+    assert {"format", "model_class", "model_config"} in [set(keys) for keys in orders]
+    assert type(pt.load_weights(tmp_path / "0.safetensors")) is VAE
+
+
 def test_load_weights_refuses_other_files_and_other_classes(tmp_path):
     path = tmp_path / "vae.safetensors"
     pt.save_weights(path, VAE(latent_dim=2, width=4))
