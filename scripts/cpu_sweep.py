@@ -12,11 +12,10 @@ to the 2,000 held-out digits in the features of the book's MNIST classifier, wit
 deviation of FD over bootstrap resamples of the generated set (the figure shows value +/- 1.96 of
 them). ``--rescore`` draws the full runs' digits again from the same starting noise with the
 ancestral sampler (eta 1, same 50 steps), the best sampler at 50 evaluations in chapter 8, and
-scores chapter 6's published model with both samplers. The
-real-versus-real floor is measured the same way (1,000 training digits against the held-out
-ones). Results accumulate in ``book/data/cpu_sweep.json`` (a run that stops resumes where it left
-off: training from its checkpoint, finished scores from the file), which the performance
-appendix plots.
+scores chapter 6's published model with both samplers. The real-versus-real floor is measured the
+same way (1,000 training digits against the held-out ones). Results accumulate in
+``book/data/cpu_sweep.json`` (a run that stops resumes where it left off: training from its
+checkpoint, finished scores from the file), which the performance appendix plots.
 """
 
 from __future__ import annotations
