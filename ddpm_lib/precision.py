@@ -4,14 +4,24 @@ Autocast runs matrix products and convolutions in a 16-bit type while weights, o
 the loss stay in float32. Which 16-bit type depends on the hardware: GPUs have tensor cores, and
 recent Intel and AMD CPUs have bfloat16 units (AMX tiles, or the AVX512-BF16 dot-product
 instructions) that oneDNN uses for convolutions and matrix products. Where a device has no such
-units, bf16 is emulated and slower than float32, so "auto" leaves it off.
+units, bf16 is emulated and slower than float32, so "auto" leaves it off. Where a CPU has them,
+whether they beat float32 depends on the chip, not on the flag, so "auto" measures it once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 
 import torch
+
+# How much faster than float32 a CPU's bf16 convolution must be for "auto" to pick bf16. On two CPUs
+# that both report AVX512-BF16, a 3x3 convolution's forward and backward passes ran at 0.8x (an
+# Intel Xeon) and 1.3x to 1.8x (an AMD EPYC) their float32 speed, and the book's training step at
+# 0.83x and 1.6x (bench/cpu_layers.py, bench/train_throughput.py); the probe below, a forward pass
+# alone, measures 1.9x on the AMD EPYC. 1.3 sits between them, clear of timing noise.
+CPU_BF16_MIN_SPEEDUP = 1.3
 
 
 def cpu_bf16_units() -> list[str]:
@@ -31,23 +41,43 @@ def cpu_bf16_units() -> list[str]:
     return [name for name in ("amx_bf16", "avx512_bf16") if capabilities.get(name)]
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_speedup(batch: int = 32, channels: int = 64, size: int = 28, repeats: int = 3) -> float:
+    """How many times faster this CPU runs a 3x3 convolution in bf16 than in float32.
+
+    The U-Net's dense convolutions are most of its arithmetic, so one of them at the book's shapes
+    (channels-last, as ``dl.train`` runs them) stands for the rest. Measured once per process, on
+    torch's current threads (about 0.1 s): the best of ``repeats`` timings of each type, interleaved
+    so that a busy moment hits both alike.
+    """
+    x = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, channels, 3, 3).contiguous(memory_format=torch.channels_last)
+    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    for _ in range(repeats + 1):  # the first round is a warm-up: oneDNN picks and prepares kernels
+        for x_, w_ in ((x, w), (x.bfloat16(), w.bfloat16())):
+            start = time.perf_counter()
+            torch.nn.functional.conv2d(x_, w_, padding=1)
+            best[x_.dtype] = min(best[x_.dtype], time.perf_counter() - start)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
 def autocast_dtype(device) -> torch.dtype | None:
     """The mixed-precision type the hardware runs fast, or None for plain float32.
 
     - CUDA: bfloat16 on compute capability 8.0 or more (Ampere, Hopper, ...); float16 on 7.x (Volta,
       Turing: the T4), whose tensor cores run fp16 and whose bf16 is only emulated; None below.
-    - CPU: bfloat16 where the CPU has AMX tiles ("amx_bf16" in :func:`cpu_bf16_units`), else None.
-      AVX512-BF16 alone does not pay: measured on such a CPU (2 cores, oneDNN's avx512_core_bf16
-      kernels), a training step of the book's U-Net ran at 0.83x its float32 speed, with the
-      depthwise convolutions kept in float32 (``bench/train_throughput.py``).
+    - CPU: bfloat16 where the CPU reports bf16 units (:func:`cpu_bf16_units`) *and* a bf16
+      convolution measures at least ``CPU_BF16_MIN_SPEEDUP`` times its float32 speed
+      (:func:`cpu_bf16_speedup`), else None. The flag alone cannot tell: AVX512-BF16 is fast on
+      some chips and slower than float32 on others (see ``CPU_BF16_MIN_SPEEDUP``).
     - Anything else (Apple's MPS, ...): None.
     """
     device = torch.device(device)
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
         return torch.bfloat16 if major >= 8 else torch.float16 if major == 7 else None
-    if device.type == "cpu":
-        return torch.bfloat16 if "amx_bf16" in cpu_bf16_units() else None
+    if device.type == "cpu" and cpu_bf16_units() and cpu_bf16_speedup() >= CPU_BF16_MIN_SPEEDUP:
+        return torch.bfloat16
     return None
 
 

@@ -29,10 +29,25 @@ def seed_everything(seed: int) -> None:
 
 
 def device_name(device=None) -> str:
-    """A human-readable name of ``device``, e.g. 'NVIDIA H100 80GB HBM3' or 'CPU (2 threads, x86_64)'."""
+    """A human-readable name of ``device``, e.g. 'NVIDIA H100 80GB HBM3' or 'AMD EPYC CPU (2 threads, x86_64)'.
+
+    A CPU's name is the vendor string torch reads from CPUID (PyTorch 2.6 and later); CPUs that
+    report the same instruction sets can still differ several-fold in bf16 speed, so it is worth
+    printing beside a timing.
+    """
     device = torch.device(device) if device is not None else pick_device()
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return "Apple MPS"
-    return f"CPU ({torch.get_num_threads()} threads, {platform.machine() or 'unknown'})"
+    return f"{cpu_name()}CPU ({torch.get_num_threads()} threads, {platform.machine() or 'unknown'})"
+
+
+def cpu_name() -> str:
+    """The CPU's name as torch reports it, with a trailing space ('AMD EPYC '), or '' if it cannot tell."""
+    probe = getattr(torch.cpu, "get_capabilities", None)
+    try:
+        name = str(probe().get("cpu_name", "")).strip() if probe else ""
+    except Exception:  # a probe that fails says nothing
+        name = ""
+    return f"{name} " if name else ""

@@ -15,7 +15,9 @@ ancestral sampler (eta 1, same 50 steps), the best sampler at 50 evaluations in 
 scores chapter 6's published model with both samplers. The real-versus-real floor is measured the
 same way (1,000 training digits against the held-out ones). Results accumulate in
 ``book/data/cpu_sweep.json`` (a run that stops resumes where it left off: training from its
-checkpoint, finished scores from the file), which the performance appendix plots.
+checkpoint, finished scores from the file), which the performance appendix plots. Each run records
+the machine and the precision ``amp="auto"`` trained in there; a configuration already scored on
+one machine is run again on another, not skipped.
 """
 
 from __future__ import annotations
@@ -36,6 +38,23 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "book" / "data" / "cpu_sweep.json"
 SHORT_MINUTES, FULL_MINUTES = 5.0, 15.0
 N_SAMPLES, SAMPLE_SEED = 1000, 1234
+
+
+def here() -> dict:
+    """The machine and the training precision of a run made now: a run's minutes and its precision
+    belong to the CPU it ran on (the same flags can hide a several-fold difference in bf16 speed)."""
+    dtype = dl.autocast_dtype("cpu")
+    return {"machine": dl.device_name("cpu"), "precision": str(dtype)[6:] if dtype else "float32"}
+
+
+def same_place(run: dict, place: dict) -> bool:
+    return all(run[k] == v for k, v in place.items())
+
+
+def slug(run_config: str, label: str, place: dict) -> str:
+    """The checkpoint's file name: E-full, or E-full-bfloat16 for a run trained in bf16."""
+    suffix = "" if place["precision"] == "float32" else "-" + place["precision"]
+    return run_config.split(":")[0] + "-" + label + suffix
 
 
 def config(base_dim: int, batch_size: int, lr: float, ema_decay: float = 0.998, **loss_args):
@@ -113,9 +132,9 @@ def score(ema, held_out_f: torch.Tensor, net, eta: float = 0.0) -> dict:
 
 
 def run(name: str, minutes: float, results: dict, workdir: Path, held_out_f, net) -> None:
-    label = "full" if minutes == FULL_MINUTES else "short"
-    if any(r["config"] == name and r["length"] == label for r in results["runs"]):
-        print(f"{name} ({label}): already scored", flush=True)
+    label, place = "full" if minutes == FULL_MINUTES else "short", here()
+    if any(r["config"] == name and r["length"] == label and same_place(r, place) for r in results["runs"]):
+        print(f"{name} ({label}): already scored on {place['machine']} in {place['precision']}", flush=True)
         return
     model_args, train_args, loss_args = CONFIGS[name]
     speed = images_per_second(model_args, train_args["batch_size"])
@@ -125,12 +144,12 @@ def run(name: str, minutes: float, results: dict, workdir: Path, held_out_f, net
     torch.manual_seed(0)
     model = dl.UNet(1, dim_mults=(1, 2, 4), **model_args)
     loss = dl.DDPMLoss(dl.cosine_schedule(1000), **loss_args)
-    slug = name.split(":")[0] + "-" + label
     result = dl.train(model, images=images, loss_fn=loss, steps=steps, warmup=min(200, steps // 10),
-                      lr_decay="cosine", device="cpu", progress=False, checkpoint=workdir / f"{slug}.pt",
+                      lr_decay="cosine", device="cpu", progress=False,
+                      checkpoint=workdir / f"{slug(name, label, place)}.pt",
                       checkpoint_every=200, log_every=50, **train_args)
     fd = score(result.ema, held_out_f, net)
-    results["runs"].append({"config": name, "length": label, "minutes": result.seconds / 60, "steps": steps,
+    results["runs"].append({"config": name, "length": label, **place, "minutes": result.seconds / 60, "steps": steps,
                             "images_seen": steps * train_args["batch_size"], "images_per_s": speed,
                             "params": sum(p.numel() for p in model.parameters()), "model": model_args,
                             "train": train_args, "loss": loss_args, "final_loss": sum(result.losses[-50:]) / 50,
@@ -143,12 +162,13 @@ def run(name: str, minutes: float, results: dict, workdir: Path, held_out_f, net
 def rescore_ancestral(results: dict, workdir: Path, held_out_f, net) -> None:
     """Score each full run's EMA weights, from its checkpoint, with the ancestral sampler too, and
     chapter 6's published model with both samplers."""
+    place = here()
     for r in results["runs"]:
-        if r["length"] != "full" or "fd_ancestral" in r:
-            continue
+        if r["length"] != "full" or "fd_ancestral" in r or not same_place(r, place):
+            continue  # a checkpoint lives on the machine that trained it
         results["protocol_ancestral"] = ("fd_ancestral: the same, drawn from the same x_T with the ancestral "
                                          "sampler (DDIM eta 1, 50 steps on the uniform grid)")
-        path = workdir / (r["config"].split(":")[0] + "-full.pt")
+        path = workdir / f"{slug(r['config'], 'full', place)}.pt"
         r["fd_ancestral"] = score(dl.load_model(path), held_out_f, net, eta=1.0)
         save_results(results)
         print(f"{r['config']} (full): ancestral-50 FD {r['fd_ancestral']['value']:.1f} "

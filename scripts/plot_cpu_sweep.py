@@ -8,7 +8,9 @@ none, the speed measured just before the run started), so that other work on the
 short run does not stretch it. Error bars are +/- 1.96 bootstrap standard deviations; the grey band is the
 real-versus-real floor (sets of 1,000 training digits against the held-out digits, +/- 1.96
 standard deviations over disjoint sets), the dashed line four times the floor. Open markers: a full
-run's EMA weights scored again with the ancestral sampler (``cpu_sweep.py --rescore``).
+run's EMA weights scored again with the ancestral sampler (``cpu_sweep.py --rescore``). Runs made on
+another machine or in another precision than the sweep's first form their own series, drawn with
+stars.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def sustained_speed(run: dict, runs: list) -> float:
     """Images per second of ``run``'s network and batch size over a full-length run on the idle
     machine, where the sweep has one, else the speed measured just before ``run`` started."""
-    key = (json.dumps(run["model"], sort_keys=True), run["train"]["batch_size"])
+    def key(r):
+        return json.dumps(r["model"], sort_keys=True), r["train"]["batch_size"], r["machine"], r["precision"]
+
     for r in runs:
-        if r["length"] == "full" and (json.dumps(r["model"], sort_keys=True), r["train"]["batch_size"]) == key:
+        if r["length"] == "full" and key(r) == key(run):
             return r["images_seen"] / (60 * r["minutes"])
     return run["images_per_s"]
 
@@ -42,22 +46,31 @@ def main() -> None:
                label=f"real vs real floor, 8 sets: {spread['mean']:.1f} +/- 1.96 std")
     ax.axhline(4 * floor["value"], color="0.4", ls="--", lw=1, label=f"4x the floor of {floor['value']:.1f} (the goal)")
     ax.axvline(15, color="0.6", ls=":", lw=1, label="15 minutes (the budget)")
-    configs = dict.fromkeys(r["config"] for r in results["runs"])
+    first = results["runs"][0]["machine"], results["runs"][0]["precision"]
+    def series_of(r):
+        return r["config"], r["machine"], r["precision"]
+
+    series = dict.fromkeys(series_of(r) for r in results["runs"])
     colours = plt.get_cmap("tab20").colors  # more configurations than the default cycle's ten colours
-    for k, name in enumerate(configs):
-        runs = sorted((r for r in results["runs"] if r["config"] == name), key=lambda r: r["images_seen"])
+    for k, (name, machine, precision) in enumerate(series):
+        runs = sorted((r for r in results["runs"] if series_of(r) == (name, machine, precision)),
+                      key=lambda r: r["images_seen"])
+        marker, label, colour = "o", name, colours[k % 20]
+        if (machine, precision) != first:  # another machine or precision: its own series, in black
+            marker, label, colour = "*", f"{name.split(':')[0]}, {precision} on {machine.split(' CPU')[0]}", "black"
         minutes = [r["minutes"] if r["length"] == "full" else r["images_seen"] / sustained_speed(r, results["runs"]) / 60
                    for r in runs]
         fd = [r["fd"]["value"] for r in runs]
         err = [1.96 * r["fd"]["std"] for r in runs]
-        ax.errorbar(minutes, fd, yerr=err, marker="o", ms=4, capsize=3, label=name, color=colours[k % 20])
+        ax.errorbar(minutes, fd, yerr=err, marker=marker, ms=4 if marker == "o" else 9, capsize=3, label=label,
+                    color=colour)
         for r, m in zip(runs, minutes):  # the same EMA weights, drawn with the ancestral sampler
             if "fd_ancestral" in r:
-                ax.errorbar([m], [r["fd_ancestral"]["value"]], yerr=[1.96 * r["fd_ancestral"]["std"]], marker="o",
-                            ms=6, mfc="white", capsize=3, color=colours[k % 20])
+                ax.errorbar([m], [r["fd_ancestral"]["value"]], yerr=[1.96 * r["fd_ancestral"]["std"]], marker=marker,
+                            ms=6 if marker == "o" else 11, mfc="white", capsize=3, color=colour)
     ax.plot([], [], "o", mfc="white", color="0.3", label="filled: DDIM-50; open: a full run, ancestral-50")
     ax.set_yscale("log")
-    ax.set_xlabel("minutes of training on 2 CPU cores")
+    ax.set_xlabel(f"minutes of training on 2 CPU cores (circles: {first[0].split(' CPU')[0]}, {first[1]})")
     ax.set_ylabel("FD to held-out digits (log scale)")
     ax.set_title("Time to quality: FD of 1,000 digits, +/- 1.96 bootstrap std")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

@@ -1,6 +1,7 @@
 """The shared training machinery: objectives, labels, batches, mixed precision, EMA, the result."""
 
 import math
+import platform
 from unittest import mock
 
 import pytest
@@ -107,18 +108,32 @@ def capabilities(**present):
     return {"amx_bf16": False, "avx512_bf16": False, "avx2": True, **present}
 
 
-@pytest.mark.parametrize("present, units, dtype", [
-    ({}, [], None),  # no bf16 units: bf16 would be emulated, slower than float32
-    ({"avx512_bf16": True}, ["avx512_bf16"], None),  # measured slower than float32 (precision.py)
-    ({"amx_bf16": True, "avx512_bf16": True}, ["amx_bf16", "avx512_bf16"], torch.bfloat16),
+@pytest.mark.parametrize("present, units, speedup, dtype", [
+    ({}, [], 3.0, None),  # no bf16 units: bf16 would be emulated, whatever a timing says
+    ({"avx512_bf16": True}, ["avx512_bf16"], 0.8, None),  # the units exist but lose to float32
+    ({"avx512_bf16": True}, ["avx512_bf16"], 1.29, None),  # just under the bar: not worth the rounding
+    ({"avx512_bf16": True}, ["avx512_bf16"], 1.9, torch.bfloat16),
+    ({"amx_bf16": True, "avx512_bf16": True}, ["amx_bf16", "avx512_bf16"], 8.0, torch.bfloat16),
 ])
-def test_cpu_autocast_follows_the_bf16_units_the_cpu_reports(present, units, dtype):
-    with mock.patch("torch.cpu.get_capabilities", return_value=capabilities(**present)):
+def test_cpu_autocast_needs_bf16_units_and_a_measured_speedup(present, units, speedup, dtype):
+    with mock.patch("torch.cpu.get_capabilities", return_value=capabilities(**present)), \
+            mock.patch.object(precision, "cpu_bf16_speedup", return_value=speedup) as measured:
         assert precision.cpu_bf16_units() == units
         assert dl.autocast_dtype("cpu") == dtype
         assert amp_dtype("auto", torch.device("cpu")) == dtype
         assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16  # forcing is always possible
         assert amp_dtype("off", torch.device("cpu")) is None
+    assert measured.called == bool(units)  # no units, no timing
+
+
+def test_the_bf16_speedup_is_a_real_timing_measured_once():
+    precision.cpu_bf16_speedup.cache_clear()
+    with mock.patch("time.perf_counter", side_effect=[0.0, 4.0, 0.0, 1.0] * 3):
+        # Every round times float32 (4 s) then bf16 (1 s): a ratio of 4.
+        assert precision.cpu_bf16_speedup(batch=1, channels=2, size=4, repeats=2) == 4.0
+        assert precision.cpu_bf16_speedup(batch=1, channels=2, size=4, repeats=2) == 4.0  # cached: no clock read left
+    precision.cpu_bf16_speedup.cache_clear()
+    assert 0 < precision.cpu_bf16_speedup(batch=2, channels=8, size=8, repeats=1) < float("inf")
 
 
 def test_a_cpu_whose_capabilities_cannot_be_read_gets_float32():
@@ -223,3 +238,17 @@ def test_a_checkpoint_records_the_objective_the_schedule_and_the_device(tmp_path
     same_name = dl.NoiseSchedule.from_betas(torch.linspace(1e-3, 0.2, 10), name="custom")
     other = dl.NoiseSchedule.from_betas(torch.linspace(1e-3, 0.3, 10), name="custom")
     assert repr(dl.DDPMLoss(same_name)) != repr(dl.DDPMLoss(other))
+
+
+@pytest.mark.parametrize("probe, expected", [
+    (lambda: capabilities(cpu_name="AMD EPYC"), "AMD EPYC CPU ("),
+    (lambda: capabilities(cpu_name=""), "CPU ("),
+    (mock.Mock(side_effect=RuntimeError("no cpuid")), "CPU ("),
+    (None, "CPU ("),  # PyTorch before 2.6 has no probe
+])
+def test_a_cpu_is_named_by_what_torch_reads_from_it(probe, expected):
+    # CPUs reporting the same instruction sets differ several-fold in bf16 speed, so benchmarks
+    # and chapters print the name; where torch cannot tell, the generic name remains.
+    with mock.patch.object(torch.cpu, "get_capabilities", probe):
+        name = dl.device_name("cpu")
+    assert name.startswith(expected) and name.endswith(f"threads, {platform.machine() or 'unknown'})")

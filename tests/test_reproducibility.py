@@ -3,7 +3,8 @@
 `data/training_reference.json` holds the per-step losses and a fingerprint of every weight tensor
 of three short CPU runs with fixed seeds, recorded before the trainers were merged into one loop.
 The runs below go through today's code paths: the DDPM loss and the VAE's objective through
-`ddpm_lib.train`, the GAN through its own loop.
+`ddpm_lib.train`, the GAN through its own loop. All in float32 (`amp="off"`), as recorded: on a CPU
+where bf16 pays, "auto" would train in bf16, whose rounding no float32 reference can match.
 
 They are compared with a tolerance, never bit for bit: oneDNN and ATen choose their kernels by the
 CPU's instruction sets (AVX2, AVX512, AVX512-BF16, AMX), and each rounds in its own order, so even
@@ -68,7 +69,7 @@ def test_ddpm_training_reproduces_the_reference_run():
     torch.manual_seed(0)
     unet = dl.UNet(1, 8, (1, 2))
     result = dl.train(unet, dl.cosine_schedule(T=100), squares(), steps=12, batch_size=8, lr=1e-3,
-                      device="cpu", seed=3, progress=False, log_every=5)
+                      device="cpu", seed=3, progress=False, log_every=5, amp="off")
     ref = REFERENCE["ddpm"]
     assert_same(result.losses, ref["losses"], "DDPM losses")
     assert_same_weights(unet, ref["model"], "DDPM model")
@@ -80,7 +81,7 @@ def test_vae_training_through_the_shared_loop_reproduces_the_reference_run():
     vae = VAE(latent_dim=4, width=8)
     result = dl.train(vae, images=bars(), loss_fn=VAELoss(), steps=10, batch_size=16, lr=3e-3, grad_clip=None,
                       sampling="replacement", channels_last=False, device="cpu", seed=1, progress=False,
-                      log_every=4)
+                      log_every=4, amp="off")
     ref = REFERENCE["vae"]
     for key in ("reconstruction", "kl"):
         assert_same(result.history[key], ref[key], f"VAE {key}")
