@@ -4,6 +4,11 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+import ddpm_lib as dl
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))  # the scripts import their shared command line from bench/common.py
 
@@ -24,6 +29,27 @@ def test_train_throughput_runs_at_tiny_size(capsys):
     # On a CPU each row's FLOP rate is set against the matmul ceiling measured in the same run.
     assert all(r["of_ceiling"] > 0 and set(r["ceiling_tflops"]) == {"float32", "bf16"} for r in rows)
     assert "CPU ceiling" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("channels, groups", [(12, 1), (12, 3), (12, 12)])  # dense, grouped, depthwise
+def test_the_flop_count_gives_a_grouped_convolution_its_real_cost(channels, groups):
+    # A k x k convolution with C channels in and out, in `groups` groups, on an H x W image: each
+    # output value sums k^2 C/groups products, so the forward pass costs 2 B H W C (C/groups) k^2
+    # FLOPs. Its backward pass computes two such convolutions, the input's gradient and the
+    # weights' gradient, each as costly as the forward pass: 3 times the forward pass in all. A
+    # dense 1x1 convolution in front (2 B H W C^2 forward) needs no input gradient (x_t has
+    # none), so it costs twice its forward pass.
+    count = load("train_throughput").flops_per_step
+    B, C, H, k = 2, channels, 8, 3
+    first = torch.nn.Conv2d(C, C, 1)
+    conv = torch.nn.Conv2d(C, C, k, padding=1, groups=groups)
+
+    class Net(torch.nn.Module):  # the (x_t, t) -> eps contract that flops_per_step trains
+        def forward(self, x, t):
+            return conv(first(x))
+
+    forward = 2 * B * H * H * C * (C // groups) * k * k
+    assert count(Net(), dl.cosine_schedule(10), torch.zeros(B, C, H, H)) == 3 * forward + 2 * (2 * B * H * H * C * C)
 
 
 def test_cpu_layer_bench_times_each_layer_in_both_precisions(capsys):
