@@ -10,7 +10,7 @@ real-versus-real floor (sets of 1,000 training digits against the held-out digit
 standard deviations over disjoint sets), the dashed line four times the floor. Open markers: a full
 run's EMA weights scored again with the ancestral sampler (``cpu_sweep.py --rescore``). Runs made on
 another machine or in another precision than the sweep's first form their own series, drawn with
-stars.
+stars in dark colours.
 """
 
 from __future__ import annotations
@@ -52,12 +52,14 @@ def main() -> None:
 
     series = dict.fromkeys(series_of(r) for r in results["runs"])
     colours = plt.get_cmap("tab20").colors  # more configurations than the default cycle's ten colours
+    others = 0  # series from another machine or precision so far
     for k, (name, machine, precision) in enumerate(series):
         runs = sorted((r for r in results["runs"] if series_of(r) == (name, machine, precision)),
                       key=lambda r: r["images_seen"])
         marker, label, colour = "o", name, colours[k % 20]
-        if (machine, precision) != first:  # another machine or precision: its own series, in black
-            marker, label, colour = "*", f"{name.split(':')[0]}, {precision} on {machine.split(' CPU')[0]}", "black"
+        if (machine, precision) != first:  # another machine or precision: stars, in dark colours
+            marker, label = "*", f"{name.split(':')[0]}, {precision} on {machine.split(' CPU')[0]}"
+            colour, others = ("black", "darkred", "navy", "darkgreen")[others % 4], others + 1
         minutes = [r["minutes"] if r["length"] == "full" else r["images_seen"] / sustained_speed(r, results["runs"]) / 60
                    for r in runs]
         fd = [r["fd"]["value"] for r in runs]
