@@ -83,8 +83,8 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
     - EMA: decay ``min(ema_decay, (1 + k) / (10 + k))`` at step k (:mod:`ddpm_lib.ema`).
     - ``amp``: "auto" runs the autocast type of :func:`~ddpm_lib.precision.autocast_dtype` (bf16 on
       recent GPUs and on CPUs whose bf16 units measure fast, fp16 with a gradient scaler on 7.x
-      GPUs, float32 elsewhere); "bf16", "fp16" and "off" force a choice. Under CPU autocast the U-Net's depthwise
-      convolutions stay in float32 (:func:`~ddpm_lib.precision.float32_on_cpu`).
+      GPUs, float32 elsewhere); "bf16", "fp16" and "off" force a choice. Under CPU autocast the
+      U-Net's depthwise convolutions stay in float32 (:func:`~ddpm_lib.precision.float32_on_cpu`).
     - ``checkpoint``: a file path. If it exists, training resumes from it (the run's settings must
       match) and continues exactly as an uninterrupted run would; it is written every
       ``checkpoint_every`` steps and at the end.

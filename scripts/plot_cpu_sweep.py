@@ -47,6 +47,7 @@ def main() -> None:
     ax.axhline(4 * floor["value"], color="0.4", ls="--", lw=1, label=f"4x the floor of {floor['value']:.1f} (the goal)")
     ax.axvline(15, color="0.6", ls=":", lw=1, label="15 minutes (the budget)")
     first = results["runs"][0]["machine"], results["runs"][0]["precision"]
+
     def series_of(r):
         return r["config"], r["machine"], r["precision"]
 
