@@ -45,23 +45,21 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def cpu_matmul_ceiling(n: int = 2048, repeats: int = 5) -> dict:
+def cpu_ceiling(n: int = 2048, repeats: int = 5) -> dict:
     """This CPU's practical FLOP/s in float32 and bf16: the faster of two large dense products.
 
-    An n x n matrix product (torch hands float32 to MKL, bf16 to oneDNN) and a 1x1 convolution
-    with n channels over 16x16 pixels, channels-last (oneDNN in both types, as the U-Net's
-    convolutions are). Both are needed: on AMD CPUs MKL's float32 product runs far below what
-    oneDNN's convolutions reach, so the product alone would understate the float32 ceiling.
-    The best of ``repeats`` timings of each.
+    An n x n matrix product (torch hands float32 to MKL, bf16 to oneDNN) and the same product as a
+    1x1 convolution, channels-last (n/256 images of 16x16 pixels: n rows again; oneDNN in both
+    types, as the U-Net's convolutions are). Both are needed: on AMD CPUs MKL's float32 product
+    runs far below what oneDNN's convolutions reach. The best of ``repeats`` timings of each.
     """
+    if n % 256:
+        raise ValueError(f"n must be a multiple of 256 (16x16-pixel images), got {n}")
     rates = {}
-    pixels = 256 if n >= 256 else 16
-    batch = max(1, n // pixels)  # batch x pixels rows: the product's n rows again
     for name, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        side = int(pixels**0.5)
-        x = torch.randn(batch, n, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        w = torch.randn(n, n, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(n // 256, n, 16, 16, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = b.reshape(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
         best = 0.0
         for fn in (lambda: a @ b, lambda: torch.nn.functional.conv2d(x, w)):
             fn()  # warm-up: oneDNN/MKL pick and prepare their kernels
@@ -218,7 +216,7 @@ def run(tiny: bool = False, device=None, iters: int | None = None) -> list[dict]
     iters, warmup = (iters or 2, 1) if tiny else ((iters or 30, 10) if cuda else (iters or 8, 2))
     schedule = dl.cosine_schedule(1000).to(device)
     peak = peak_flops(device)
-    ceiling = cpu_matmul_ceiling(256 if tiny else 2048) if device.type == "cpu" else None
+    ceiling = cpu_ceiling(256 if tiny else 2048) if device.type == "cpu" else None
     rows = []
     for config_name, c in configurations(tiny, cuda).items():
         x0 = torch.rand(c["batch"], c["channels"], c["size"], c["size"], device=device) * 2 - 1

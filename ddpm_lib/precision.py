@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from .utils import cpu_capabilities
+
 # How much faster than float32 a CPU's bf16 convolution must be for "auto" to pick bf16. On two CPUs
 # that both report AVX512-BF16, a 3x3 convolution's forward and backward passes ran at 0.8x (an
 # Intel Xeon) and 1.3x to 1.8x (an AMD EPYC) their float32 speed, and the book's training step at
@@ -31,13 +33,7 @@ def cpu_bf16_units() -> list[str]:
     dispatches on: "amx_bf16" (Sapphire Rapids and later) and "avx512_bf16" (Cooper Lake, Zen 4 and
     later). Older PyTorch cannot tell, and gets none: float32 is never the wrong answer, only slower.
     """
-    probe = getattr(torch.cpu, "get_capabilities", None)
-    if probe is None:
-        return []
-    try:
-        capabilities = probe()
-    except Exception:  # a probe that fails says nothing about the hardware
-        return []
+    capabilities = cpu_capabilities()
     return [name for name in ("amx_bf16", "avx512_bf16") if capabilities.get(name)]
 
 

@@ -43,11 +43,18 @@ def device_name(device=None) -> str:
     return f"{cpu_name()}CPU ({torch.get_num_threads()} threads, {platform.machine() or 'unknown'})"
 
 
-def cpu_name() -> str:
-    """The CPU's name as torch reports it, with a trailing space ('AMD EPYC '), or '' if it cannot tell."""
+def cpu_capabilities() -> dict:
+    """What torch reads from the CPU with CPUID (``torch.cpu.get_capabilities()``, PyTorch 2.6 and
+    later): instruction sets such as "avx512_bf16" as booleans, and "cpu_name". Empty where torch
+    cannot tell (older PyTorch, or a probe that fails, which says nothing about the hardware)."""
     probe = getattr(torch.cpu, "get_capabilities", None)
     try:
-        name = str(probe().get("cpu_name", "")).strip() if probe else ""
-    except Exception:  # a probe that fails says nothing
-        name = ""
+        return dict(probe()) if probe is not None else {}
+    except Exception:
+        return {}
+
+
+def cpu_name() -> str:
+    """The CPU's name as torch reports it, with a trailing space ('AMD EPYC '), or '' if it cannot tell."""
+    name = str(cpu_capabilities().get("cpu_name", "")).strip()
     return f"{name} " if name else ""
