@@ -95,8 +95,10 @@ def load_model(path, *, device=None, ema: bool = True, expected: type | None = N
     """Rebuild the model stored in a checkpoint (of :func:`save_model` or a training run), in eval mode.
 
     Works for every ddpm_lib model: the checkpoint names the class and its config. ``ema=True``
-    loads the exponential moving average of the weights when the file has one (it samples
-    better). ``expected``: a class the model must be, for a clear error when a file holds another.
+    loads the exponential moving average of the weights when the file has one, ``ema=False`` the
+    final weights (after a learning rate decayed to zero these can sample as well or better: the
+    performance appendix measures both). ``expected``: a class the model must be, for a clear
+    error when a file holds another.
     """
     state = load_checkpoint(path)
     if "model_class" not in state or not isinstance(state.get("model_config"), dict):

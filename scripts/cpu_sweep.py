@@ -2,7 +2,7 @@
 
     python scripts/cpu_sweep.py                  # rank every configuration with a short run
     python scripts/cpu_sweep.py --full A B       # confirm configurations A and B at full length
-    python scripts/cpu_sweep.py --rescore        # the full runs with the ancestral sampler too
+    python scripts/cpu_sweep.py --rescore        # the full runs' final weights, the ancestral sampler
 
 Each configuration trains for a budget of wall-clock minutes on the 8,000 training digits
 (``book.digits("train")``); its steps are set from its own speed, measured on this machine just
@@ -10,9 +10,11 @@ before it starts. The EMA weights are then scored the way chapters 6 and 9 score
 unconditional model: 1,000 digits drawn with DDIM (50 steps, eta 0), their Frechet distance (FD)
 to the 2,000 held-out digits in the features of the book's MNIST classifier, with the standard
 deviation of FD over bootstrap resamples of the generated set (the figure shows value +/- 1.96 of
-them). ``--rescore`` draws the full runs' digits again from the same starting noise with the
-ancestral sampler (eta 1, same 50 steps), the best sampler at 50 evaluations in chapter 8, and
-scores chapter 6's published model with both samplers. The real-versus-real floor is measured the
+them). A full run's final (raw) weights are scored the same way, with the paired difference
+between the two. ``--rescore`` adds that to full runs made before it was measured, draws the full
+runs' digits again from the same starting noise with the ancestral sampler (eta 1, same 50 steps),
+the best sampler at 50 evaluations in chapter 8, and scores chapter 6's published model with both
+samplers. The real-versus-real floor is measured the
 same way (1,000 training digits against the held-out ones). Results accumulate in
 ``book/data/cpu_sweep.json`` (a run that stops resumes where it left off: training from its
 checkpoint, finished scores from the file), which the performance appendix plots. Each run records
@@ -31,7 +33,7 @@ import torch
 
 import ddpm_lib as dl
 from ddpm_lib import book
-from ddpm_lib.evidence import bootstrap
+from ddpm_lib.evidence import bootstrap, fd_difference
 from ddpm_lib.metrics import extract_features, frechet_distance, load_feature_network
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,9 +59,12 @@ def slug(run_config: str, label: str, place: dict) -> str:
     return run_config.split(":")[0] + "-" + label + suffix
 
 
-def config(base_dim: int, batch_size: int, lr: float, ema_decay: float = 0.998, **loss_args):
-    """(UNet arguments, train arguments, DDPMLoss arguments) of one configuration."""
-    return {"base_dim": base_dim}, {"batch_size": batch_size, "lr": lr, "ema_decay": ema_decay}, loss_args
+def config(base_dim: int, batch_size: int, lr: float, ema_decay: float = 0.998, steps: int | None = None,
+           **loss_args):
+    """(UNet arguments, train arguments, DDPMLoss arguments) of one configuration. ``steps`` fixes
+    the number of steps instead of deriving it from the speed probe and the budget."""
+    train_args = {"batch_size": batch_size, "lr": lr, "ema_decay": ema_decay}
+    return {"base_dim": base_dim}, {**train_args, **({"steps": steps} if steps else {})}, loss_args
 
 
 # Every run: cosine noise schedule, T = 1000, AdamW, gradient clipping at 1, channels_last, the
@@ -80,6 +85,11 @@ CONFIGS = {
     "M: base 12, batch 32, lr 3e-3": config(12, 32, 3e-3),
     "N: base 12, batch 32, lr 1.5e-3": config(12, 32, 1.5e-3),
     "O: base 8, batch 32, lr 5e-3": config(8, 32, 5e-3),
+    "P: E + min-SNR-5": config(16, 32, 1e-3, min_snr=5.0),
+    # P with the steps of E's full run on the AMD EPYC, where P's speed probe (189 images/s, against
+    # the ~150 sustained) planned 5,319 steps and ran 17.9 minutes: E and P then differ in the loss
+    # weighting alone, and the run fits the budget.
+    "Q: P, 4,290 steps": config(16, 32, 1e-3, min_snr=5.0, steps=4290),
 }
 
 
@@ -114,21 +124,40 @@ def images_per_second(model_args: dict, batch_size: int, steps: int = 20) -> flo
     return batch_size / sorted(seen[1:])[len(seen[1:]) // 2]
 
 
-def score(ema, held_out_f: torch.Tensor, net, eta: float = 0.0) -> dict:
-    """FD of N_SAMPLES digits drawn with 50 sampler steps against the held-out features, and the
-    sampling time: eta 0 is DDIM (the sweep's protocol), eta 1 the ancestral sampler on the same
-    uniform grid, the best sampler at 50 evaluations in the book's sampler lab (chapter 8)."""
+def draw_features(model, net, eta: float = 0.0) -> tuple[torch.Tensor, float]:
+    """Features of N_SAMPLES digits drawn with 50 sampler steps from the sweep's fixed x_T, and
+    the sampling time: eta 0 is DDIM (the sweep's protocol), eta 1 the ancestral sampler on the
+    same uniform grid, the best sampler at 50 evaluations in the book's sampler lab (chapter 8)."""
     schedule = dl.cosine_schedule(1000)
-    ema = ema.to(memory_format=torch.channels_last).eval()
+    model = model.to(memory_format=torch.channels_last).eval()
     g = torch.Generator().manual_seed(SAMPLE_SEED)
     x_T = torch.randn(N_SAMPLES, 1, 28, 28, generator=g)
     start = time.perf_counter()
-    samples = torch.cat([dl.ddim_sample(ema, schedule, x, num_steps=50, eta=eta,
+    samples = torch.cat([dl.ddim_sample(model, schedule, x, num_steps=50, eta=eta,
                                         generator=torch.Generator().manual_seed(SAMPLE_SEED + k))
                          for k, x in enumerate(x_T.split(250))])
     seconds = time.perf_counter() - start
-    fake_f, _ = extract_features(net, samples.clamp(-1, 1))
+    return extract_features(net, samples.clamp(-1, 1))[0], seconds
+
+
+def score(model, held_out_f: torch.Tensor, net, eta: float = 0.0) -> dict:
+    """FD of the digits of :func:`draw_features` against the held-out features, and the sampling time."""
+    fake_f, seconds = draw_features(model, net, eta)
     return {**fd_with_interval(held_out_f, fake_f), "sample_seconds": seconds}
+
+
+def final_against_ema(final, ema, held_out_f, net) -> dict:
+    """The final (raw) weights scored like the EMA ones, and the paired difference FD(final) - FD(EMA).
+
+    The learning rate decays to zero by the last step, so the raw weights have stopped moving
+    while an EMA of decay 0.998 still averages the last ~500 steps, made with larger steps: which
+    samples better is a measurement, not a rule. Both draw from the same x_T, so the difference,
+    bootstrapped on the same indices, is much sharper than either FD.
+    """
+    final_f, seconds = draw_features(final, net)
+    ema_f, _ = draw_features(ema, net)
+    return {"fd_final": {**fd_with_interval(held_out_f, final_f), "sample_seconds": seconds},
+            "final_minus_ema": fd_difference(held_out_f, final_f, ema_f)}
 
 
 def run(name: str, minutes: float, results: dict, workdir: Path, held_out_f, net) -> None:
@@ -137,9 +166,12 @@ def run(name: str, minutes: float, results: dict, workdir: Path, held_out_f, net
         print(f"{name} ({label}): already scored on {place['machine']} in {place['precision']}", flush=True)
         return
     model_args, train_args, loss_args = CONFIGS[name]
+    train_args = dict(train_args)
+    fixed = train_args.pop("steps", None)
     speed = images_per_second(model_args, train_args["batch_size"])
-    steps = int(minutes * 60 * speed / train_args["batch_size"])
-    print(f"{name} ({label}): {speed:.0f} images/s here, so {steps} steps in {minutes:g} minutes", flush=True)
+    steps = fixed or int(minutes * 60 * speed / train_args["batch_size"])
+    print(f"{name} ({label}): {speed:.0f} images/s here, so {steps} steps "
+          f"{'(fixed)' if fixed else f'in {minutes:g} minutes'}", flush=True)
     images, _ = book.digits("train")
     torch.manual_seed(0)
     model = dl.UNet(1, dim_mults=(1, 2, 4), **model_args)
@@ -157,12 +189,30 @@ def run(name: str, minutes: float, results: dict, workdir: Path, held_out_f, net
     save_results(results)
     print(f"  FD {fd['value']:.1f} [{fd['low']:.1f}, {fd['high']:.1f}] after {result.seconds / 60:.1f} min; "
           f"sampling {fd['sample_seconds']:.0f} s", flush=True)
+    if label == "full":
+        results["runs"][-1].update(final_against_ema(model, result.ema, held_out_f, net))
+        save_results(results)
+        report_final(results["runs"][-1])
 
 
-def rescore_ancestral(results: dict, workdir: Path, held_out_f, net) -> None:
+def report_final(r: dict) -> None:
+    d = r["final_minus_ema"]
+    print(f"{r['config']} (full): final weights DDIM-50 FD {r['fd_final']['value']:.1f} +/- "
+          f"{r['fd_final']['std']:.1f}; final - EMA {d['value']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]",
+          flush=True)
+
+
+def rescore(results: dict, workdir: Path, held_out_f, net) -> None:
     """Score each full run's EMA weights, from its checkpoint, with the ancestral sampler too, and
-    chapter 6's published model with both samplers."""
+    its final weights against its EMA ones; and chapter 6's published model with both samplers."""
     place = here()
+    for r in results["runs"]:
+        if r["length"] != "full" or "fd_final" in r or not same_place(r, place):
+            continue
+        path = workdir / f"{slug(r['config'], 'full', place)}.pt"
+        r.update(final_against_ema(dl.load_model(path, ema=False), dl.load_model(path), held_out_f, net))
+        save_results(results)
+        report_final(r)
     for r in results["runs"]:
         if r["length"] != "full" or "fd_ancestral" in r or not same_place(r, place):
             continue  # a checkpoint lives on the machine that trained it
@@ -188,8 +238,8 @@ def main(argv=None) -> None:
     parser.add_argument("--full", nargs="*", default=None, help="letters of the configurations to run in full")
     parser.add_argument("--short", nargs="*", default=None, help="letters of the configurations to rank (default all)")
     parser.add_argument("--rescore", action="store_true",
-                        help="score the full runs with the ancestral sampler (50 steps) too, and chapter 6's "
-                             "published model with both samplers, then stop")
+                        help="score the full runs' final weights and the ancestral sampler (50 steps) too, "
+                             "and chapter 6's published model with both samplers, then stop")
     parser.add_argument("--workdir", default=str(ROOT / "checkpoints" / "sweep"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -221,7 +271,7 @@ def main(argv=None) -> None:
     print(f"floor: FD {results['floor']['value']:.1f}; over disjoint sets "
           f"{results['floor_subsets']['mean']:.1f} +/- {results['floor_subsets']['std']:.1f}", flush=True)
     if args.rescore:
-        rescore_ancestral(results, workdir, held_out_f, net)
+        rescore(results, workdir, held_out_f, net)
         return
     if args.full is None:
         names = [n for n in CONFIGS if args.short is None or n.split(":")[0] in args.short]

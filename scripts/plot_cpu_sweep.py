@@ -8,7 +8,8 @@ none, the speed measured just before the run started), so that other work on the
 short run does not stretch it. Error bars are +/- 1.96 bootstrap standard deviations; the grey band is the
 real-versus-real floor (sets of 1,000 training digits against the held-out digits, +/- 1.96
 standard deviations over disjoint sets), the dashed line four times the floor. Open markers: a full
-run's EMA weights scored again with the ancestral sampler (``cpu_sweep.py --rescore``). Runs made on
+run's EMA weights scored again with the ancestral sampler (``cpu_sweep.py --rescore``); crosses: a
+full run's final (raw) weights, DDIM-50, beside its EMA weights. Runs made on
 another machine or in another precision than the sweep's first form their own series, drawn with
 stars in dark colours.
 """
@@ -59,7 +60,9 @@ def main() -> None:
                       key=lambda r: r["images_seen"])
         marker, label, colour = "o", name, colours[k % 20]
         if (machine, precision) != first:  # another machine or precision: stars, in dark colours
-            marker, label = "*", f"{name.split(':')[0]}, {precision} on {machine.split(' CPU')[0]}"
+            # the letter alone where a circle series already names the configuration
+            short = name.split(":")[0] if (name, *first) in series else name
+            marker, label = "*", f"{short}, {precision} on {machine.split(' CPU')[0]}"
             colour, others = ("black", "darkred", "navy", "darkgreen")[others % 4], others + 1
         minutes = [r["minutes"] if r["length"] == "full" else r["images_seen"] / sustained_speed(r, results["runs"]) / 60
                    for r in runs]
@@ -71,7 +74,11 @@ def main() -> None:
             if "fd_ancestral" in r:
                 ax.errorbar([m], [r["fd_ancestral"]["value"]], yerr=[1.96 * r["fd_ancestral"]["std"]], marker=marker,
                             ms=6 if marker == "o" else 11, mfc="white", capsize=3, color=colour)
+            if "fd_final" in r:  # its final weights, DDIM-50, a little to the right to stay legible
+                ax.errorbar([m + 0.3], [r["fd_final"]["value"]], yerr=[1.96 * r["fd_final"]["std"]], marker="x",
+                            ms=7, mew=2, capsize=3, color=colour)
     ax.plot([], [], "o", mfc="white", color="0.3", label="filled: DDIM-50; open: a full run, ancestral-50")
+    ax.plot([], [], "x", mew=2, color="0.3", label="cross: a full run's final weights, DDIM-50")
     ax.set_yscale("log")
     ax.set_xlabel(f"minutes of training on 2 CPU cores (circles: {first[0].split(' CPU')[0]}, {first[1]})")
     ax.set_ylabel("FD to held-out digits (log scale)")
