@@ -14,8 +14,8 @@ them). A full run's final (raw) weights are scored the same way, with the paired
 between the two. ``--rescore`` adds that to full runs made before it was measured, draws the full
 runs' digits again from the same starting noise with the ancestral sampler (eta 1, same 50 steps),
 the best sampler at 50 evaluations in chapter 8, and scores chapter 6's published model with both
-samplers. The real-versus-real floor is measured the
-same way (1,000 training digits against the held-out ones). Results accumulate in
+samplers. The real-versus-real floor is measured the same way (1,000 training digits against the
+held-out ones). Results accumulate in
 ``book/data/cpu_sweep.json`` (a run that stops resumes where it left off: training from its
 checkpoint, finished scores from the file), which the performance appendix plots. Each run records
 the machine and the precision ``amp="auto"`` trained in there; a configuration already scored on
@@ -64,7 +64,9 @@ def config(base_dim: int, batch_size: int, lr: float, ema_decay: float = 0.998, 
     """(UNet arguments, train arguments, DDPMLoss arguments) of one configuration. ``steps`` fixes
     the number of steps instead of deriving it from the speed probe and the budget."""
     train_args = {"batch_size": batch_size, "lr": lr, "ema_decay": ema_decay}
-    return {"base_dim": base_dim}, {**train_args, **({"steps": steps} if steps else {})}, loss_args
+    if steps:
+        train_args["steps"] = steps
+    return {"base_dim": base_dim}, train_args, loss_args
 
 
 # Every run: cosine noise schedule, T = 1000, AdamW, gradient clipping at 1, channels_last, the
@@ -87,7 +89,7 @@ CONFIGS = {
     "O: base 8, batch 32, lr 5e-3": config(8, 32, 5e-3),
     "P: E + min-SNR-5": config(16, 32, 1e-3, min_snr=5.0),
     # P with the steps of E's full run on the AMD EPYC, where P's speed probe (189 images/s, against
-    # the ~150 sustained) planned 5,319 steps and ran 17.9 minutes: E and P then differ in the loss
+    # the ~160 sustained) planned 5,319 steps and ran 17.9 minutes: E and P then differ in the loss
     # weighting alone, and the run fits the budget.
     "Q: P, 4,290 steps": config(16, 32, 1e-3, min_snr=5.0, steps=4290),
 }
@@ -146,16 +148,16 @@ def score(model, held_out_f: torch.Tensor, net, eta: float = 0.0) -> dict:
     return {**fd_with_interval(held_out_f, fake_f), "sample_seconds": seconds}
 
 
-def final_against_ema(final, ema, held_out_f, net) -> dict:
+def final_against_ema(final, ema_f: torch.Tensor, held_out_f, net) -> dict:
     """The final (raw) weights scored like the EMA ones, and the paired difference FD(final) - FD(EMA).
 
     The learning rate decays to zero by the last step, so the raw weights have stopped moving
     while an EMA of decay 0.998 still averages the last ~500 steps, made with larger steps: which
     samples better is a measurement, not a rule. Both draw from the same x_T, so the difference,
-    bootstrapped on the same indices, is much sharper than either FD.
+    bootstrapped on the same indices, is much sharper than either FD. ``ema_f``: the EMA weights'
+    digits from :func:`draw_features`, drawn once for both scores.
     """
     final_f, seconds = draw_features(final, net)
-    ema_f, _ = draw_features(ema, net)
     return {"fd_final": {**fd_with_interval(held_out_f, final_f), "sample_seconds": seconds},
             "final_minus_ema": fd_difference(held_out_f, final_f, ema_f)}
 
@@ -180,7 +182,8 @@ def run(name: str, minutes: float, results: dict, workdir: Path, held_out_f, net
                       lr_decay="cosine", device="cpu", progress=False,
                       checkpoint=workdir / f"{slug(name, label, place)}.pt",
                       checkpoint_every=200, log_every=50, **train_args)
-    fd = score(result.ema, held_out_f, net)
+    ema_f, seconds = draw_features(result.ema, net)
+    fd = {**fd_with_interval(held_out_f, ema_f), "sample_seconds": seconds}
     results["runs"].append({"config": name, "length": label, **place, "minutes": result.seconds / 60, "steps": steps,
                             "images_seen": steps * train_args["batch_size"], "images_per_s": speed,
                             "params": sum(p.numel() for p in model.parameters()), "model": model_args,
@@ -190,7 +193,7 @@ def run(name: str, minutes: float, results: dict, workdir: Path, held_out_f, net
     print(f"  FD {fd['value']:.1f} [{fd['low']:.1f}, {fd['high']:.1f}] after {result.seconds / 60:.1f} min; "
           f"sampling {fd['sample_seconds']:.0f} s", flush=True)
     if label == "full":
-        results["runs"][-1].update(final_against_ema(model, result.ema, held_out_f, net))
+        results["runs"][-1].update(final_against_ema(model, ema_f, held_out_f, net))
         save_results(results)
         report_final(results["runs"][-1])
 
@@ -210,7 +213,8 @@ def rescore(results: dict, workdir: Path, held_out_f, net) -> None:
         if r["length"] != "full" or "fd_final" in r or not same_place(r, place):
             continue
         path = workdir / f"{slug(r['config'], 'full', place)}.pt"
-        r.update(final_against_ema(dl.load_model(path, ema=False), dl.load_model(path), held_out_f, net))
+        ema_f, _ = draw_features(dl.load_model(path), net)
+        r.update(final_against_ema(dl.load_model(path, ema=False), ema_f, held_out_f, net))
         save_results(results)
         report_final(r)
     for r in results["runs"]:
