@@ -5,7 +5,8 @@
     python bench/train_throughput.py --tiny       # seconds on a CPU: checks the script runs
 
 One "step" is what dl.train does per batch: forward, loss, backward, gradient clipping, optimiser
-step and EMA update. Rows add one optimisation at a time:
+step and EMA update. The rows of a configuration take turns, a few steps each, for several rounds,
+and each reports its median round. Rows add one optimisation at a time:
 
   fp32 baseline        plain AdamW (for-loop), EMA parameter by parameter, NCHW activations
   + fused/foreach      fused AdamW on CUDA, one torch._foreach_lerp_ for the EMA
@@ -14,6 +15,8 @@ step and EMA update. Rows add one optimisation at a time:
   + bf16 autocast      on a CPU: bf16 with the 7x7 depthwise convolutions kept in float32
                        (ddpm_lib.precision.float32_on_cpu), whether or not dl.train picks it here
   + torch.compile      the model compiled (CUDA only; minutes of compilation first)
+  dl.train itself      the library's loop with its defaults (EMA, clipping, logging every step),
+                       timed between its callbacks: it should match the bare step it runs
 
 Peers, at a parameter count matched to ours and the same batch, run with the best of the same
 settings (on a CPU, the faster of float32 and bf16 for each): lucidrains'
@@ -26,6 +29,7 @@ threads, in float32 and in bf16: the faster of a large matrix product and a larg
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 
 import torch
@@ -33,7 +37,7 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 import ddpm_lib as dl
-from common import cli
+from common import cli, interleaved_medians
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core FLOP/s
 
@@ -157,7 +161,7 @@ def make_step(model, schedule, *, amp, channels_last, fused, compiled):
     return step
 
 
-def measure(step, x0, iters: int, warmup: int) -> float:
+def measure(step, x0, iters: int, warmup: int = 0) -> float:
     """Seconds per step, timed with device synchronisation around the timed region."""
     device = x0.device
     for _ in range(warmup):
@@ -169,6 +173,21 @@ def measure(step, x0, iters: int, warmup: int) -> float:
         loss = step(x0)
     loss.item()  # wait for the last step
     return (time.perf_counter() - start) / iters
+
+
+def train_seconds(model, schedule, x0, iters: int) -> float:
+    """Seconds per step of ``dl.train`` itself, with its defaults, on the images ``x0``: the median
+    time between its callbacks (one a step) after the first step, which pays for the set-up."""
+    laps, clock = [], [time.perf_counter()]
+
+    def lap(step, ema, losses):
+        now = time.perf_counter()
+        laps.append(now - clock[0])
+        clock[0] = now
+
+    dl.train(copy.deepcopy(model), schedule, x0, steps=iters + 1, batch_size=len(x0), device=x0.device,
+             progress=False, log_every=1, callback=lap)
+    return statistics.median(laps[1:])
 
 
 def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
@@ -211,10 +230,19 @@ def configurations(tiny: bool, cuda: bool = True):
             "CIFAR-sized": dict(channels=3, size=32, base=84, mults=(1, 2, 2, 4), batch=128)}
 
 
-def run(tiny: bool = False, device=None, iters: int | None = None) -> list[dict]:
+def run(tiny: bool = False, device=None, iters: int | None = None, rounds: int | None = None) -> list[dict]:
     device = torch.device(device) if device is not None else dl.pick_device()
     cuda = device.type == "cuda"
-    iters, warmup = (iters or 2, 1) if tiny else ((iters or 30, 10) if cuda else (iters or 8, 2))
+    # Every row of a configuration is warmed up, then the rows take turns, ``iters`` steps each, for
+    # ``rounds`` rounds, and each row reports its median round: a machine whose speed drifts by 10%
+    # over minutes (two CPU cores shared with others) then tilts no ratio between rows, which timing
+    # the rows one after another did (2.14x and 2.5x for the same two rows in two runs).
+    if tiny:
+        iters, warmup, rounds = iters or 2, 1, rounds or 1
+    elif cuda:
+        iters, warmup, rounds = iters or 10, 10, rounds or 3
+    else:
+        iters, warmup, rounds = iters or 2, 2, rounds or 5
     schedule = dl.cosine_schedule(1000).to(device)
     peak = peak_flops(device)
     ceiling = cpu_ceiling(256 if tiny else 2048) if device.type == "cpu" else None
@@ -241,16 +269,37 @@ def run(tiny: bool = False, device=None, iters: int | None = None) -> list[dict]
             for opts in best:
                 label = f"{name}, {'bf16' if opts['amp'] else 'fp32'} channels_last" if not cuda else name
                 models.append((label, peer.to(device), opts))
+        steps, peak_mem = {}, {}
         for name, model, opts in models:
+            steps[name] = make_step(copy.deepcopy(model), schedule, **opts)
+            for _ in range(warmup):
+                steps[name](x0).item()
+            peak_mem[name] = 0.0
+
+        # dl.train itself, with EMA, clipping and logging, beside the bare steps it should match.
+        loop = "ddpm_lib UNet, dl.train itself (its defaults)"
+        loop_amp = dl.autocast_dtype(device) is not None
+        models.insert(len(variants), (loop, ours, dict(amp=loop_amp)))
+        steps[loop] = lambda x: train_seconds(ours, schedule, x, iters)
+        peak_mem[loop] = 0.0
+
+        def timed(name):
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            model_flops = flops if model is ours else flops_per_step(model, schedule, x0)
-            seconds = measure(make_step(copy.deepcopy(model), schedule, **opts), x0, iters, warmup)
+            seconds = steps[name](x0) if name == loop else measure(steps[name], x0, iters)
+            if cuda:
+                peak_mem[name] = max(peak_mem[name], torch.cuda.max_memory_allocated(device) / 2**30)
             print(f"  {config_name}: {name}: {1000 * seconds:.1f} ms/step", flush=True)  # progress
+            return seconds
+
+        medians = interleaved_medians(timed, list(steps), rounds)
+        for name, model, opts in models:
+            seconds = medians[name]
+            model_flops = flops if model is ours else flops_per_step(model, schedule, x0)
             rows.append({"config": config_name, "model": name, "params": count(model), "batch": c["batch"],
                          "images_per_s": c["batch"] / seconds, "ms_per_step": 1000 * seconds,
-                         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+                         "peak_mem_gib": peak_mem[name] if cuda else None,
                          "mfu": model_flops / seconds / peak if peak else None, "peer": model is not ours,
                          "tflops": model_flops / seconds / 1e12,
                          "of_ceiling": (model_flops / seconds / ceiling["bf16" if opts["amp"] else "float32"]
@@ -271,16 +320,17 @@ def format_table(rows: list[dict], device_label: str) -> str:
         group = [r for r in rows if r["config"] == config]
         peers = [r["images_per_s"] for r in group if r["peer"]]
         fastest_peer = max(peers) if peers else None
+        baseline = group[0]["images_per_s"]  # ours, plain float32 NCHW
         lines.append(f"\n{config} (batch {group[0]['batch']})")
         lines.append(f"{'model':<58}{'params':>11}{'img/s':>10}{'ms/step':>9}{'mem GiB':>9}{'GFLOP/s':>9}{'MFU':>7}"
-                     f"{'vs best peer':>14}")
+                     f"{'vs fp32 baseline':>18}{'vs best peer':>14}")
         for r in group:
             mem = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
             mfu = r["mfu"] if r["mfu"] is not None else r.get("of_ceiling")
             mfu = f"{100 * mfu:.1f}%" if mfu is not None else "-"
             ratio = f"{r['images_per_s'] / fastest_peer:.2f}x" if fastest_peer else "no peers"
             lines.append(f"{r['model']:<58}{r['params']:>11,}{r['images_per_s']:>10.0f}{r['ms_per_step']:>9.1f}"
-                         f"{mem:>9}{1000 * r['tflops']:>9.0f}{mfu:>7}{ratio:>14}")
+                         f"{mem:>9}{1000 * r['tflops']:>9.0f}{mfu:>7}{r['images_per_s'] / baseline:>17.2f}x{ratio:>14}")
     return "\n".join(lines)
 
 

@@ -18,8 +18,9 @@ samplers. The real-versus-real floor is measured the same way (1,000 training di
 held-out ones). Results accumulate in
 ``book/data/cpu_sweep.json`` (a run that stops resumes where it left off: training from its
 checkpoint, finished scores from the file), which the performance appendix plots. Each run records
-the machine and the precision ``amp="auto"`` trained in there; a configuration already scored on
-one machine is run again on another, not skipped.
+the machine and the precision it trained in; a configuration already scored on one machine is run
+again on another, not skipped. Configuration R trains the peer of the CPU benchmark, ``diffusers``'
+UNet2DModel, with the recipe of the book's configuration (``pip install diffusers`` first).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 
 import ddpm_lib as dl
 from ddpm_lib import book
+from ddpm_lib.checkpoint import load_checkpoint
 from ddpm_lib.evidence import bootstrap, fd_difference
 from ddpm_lib.metrics import extract_features, frechet_distance, load_feature_network
 
@@ -49,6 +51,14 @@ def here() -> dict:
     return {"machine": dl.device_name("cpu"), "precision": str(dtype)[6:] if dtype else "float32"}
 
 
+def place_of(train_args: dict) -> dict:
+    """:func:`here`, for a run with these train arguments (one that turns amp off trains in float32)."""
+    place = here()
+    if train_args.get("amp") == "off":
+        place["precision"] = "float32"
+    return place
+
+
 def same_place(run: dict, place: dict) -> bool:
     return all(run[k] == v for k, v in place.items())
 
@@ -60,13 +70,56 @@ def slug(run_config: str, label: str, place: dict) -> str:
 
 
 def config(base_dim: int, batch_size: int, lr: float, ema_decay: float = 0.998, steps: int | None = None,
-           **loss_args):
-    """(UNet arguments, train arguments, DDPMLoss arguments) of one configuration. ``steps`` fixes
-    the number of steps instead of deriving it from the speed probe and the budget."""
+           peer: bool = False, **loss_args):
+    """(network arguments, train arguments, DDPMLoss arguments) of one configuration. ``steps`` fixes
+    the number of steps instead of deriving it from the speed probe and the budget. ``peer``: train
+    ``diffusers``' UNet2DModel of width ``base_dim`` (see :class:`PeerUNet`) instead of the book's U-Net."""
     train_args = {"batch_size": batch_size, "lr": lr, "ema_decay": ema_decay}
     if steps:
         train_args["steps"] = steps
+    if peer:
+        # The peer's faster precision at batch 32 on the AMD EPYC: float32 (121 and 135 images/s
+        # against 103 and 121 in bf16, in two runs of bench/train_throughput.py --device cpu);
+        # amp="auto" would pick bf16 there.
+        train_args["amp"] = "off"
+        return {"network": "diffusers UNet2DModel", "width": base_dim}, train_args, loss_args
     return {"base_dim": base_dim}, train_args, loss_args
+
+
+class PeerUNet(torch.nn.Module):
+    """Hugging Face ``diffusers``' UNet2DModel as ``model(x_t, t) -> eps_hat``, the peer of the CPU
+    benchmark (bench/train_throughput.py): ResNet blocks, no attention, widths (w, 2w, 4w), two
+    blocks a level. At w = 16 it has 905,377 parameters, the closest to the book's 1,056,353."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        from diffusers import UNet2DModel  # pip install diffusers; only this comparison needs it
+
+        self.config = {"width": width}  # what dl.train's checkpoint records
+        self.net = UNet2DModel(sample_size=28, in_channels=1, out_channels=1,
+                               block_out_channels=(width, 2 * width, 4 * width),
+                               down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
+                               layers_per_block=2, norm_num_groups=8)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x_t, t).sample  # [B, 1, 28, 28]
+
+
+def network(model_args: dict) -> torch.nn.Module:
+    """The network a configuration trains: the book's U-Net, or the peer's."""
+    if model_args.get("network") == "diffusers UNet2DModel":
+        return PeerUNet(model_args["width"])
+    return dl.UNet(1, dim_mults=(1, 2, 4), **model_args)
+
+
+def load_run(r: dict, path: Path, ema: bool = True) -> torch.nn.Module:
+    """A full run's EMA (or final) weights from its checkpoint; the peer's network is rebuilt here,
+    as dl.load_model rebuilds only ddpm_lib's own models."""
+    if "network" not in r["model"]:
+        return dl.load_model(path, ema=ema)
+    model = network(r["model"])
+    model.load_state_dict(load_checkpoint(path)["ema" if ema else "model"])
+    return model.eval()
 
 
 # Every run: cosine noise schedule, T = 1000, AdamW, gradient clipping at 1, channels_last, the
@@ -92,6 +145,8 @@ CONFIGS = {
     # the ~160 sustained) planned 5,319 steps and ran 17.9 minutes: E and P then differ in the loss
     # weighting alone, and the run fits the budget.
     "Q: P, 4,290 steps": config(16, 32, 1e-3, min_snr=5.0, steps=4290),
+    # Time to quality against a peer: Q's recipe and steps, with diffusers' network in its place.
+    "R: Q with diffusers' UNet2DModel": config(16, 32, 1e-3, min_snr=5.0, steps=4290, peer=True),
 }
 
 
@@ -109,10 +164,10 @@ def fd_with_interval(real_f: torch.Tensor, fake_f: torch.Tensor) -> dict:
     return bootstrap(lambda idx: frechet_distance(real_f, fake_f[idx]), len(fake_f), num_resamples=100)
 
 
-def images_per_second(model_args: dict, batch_size: int, steps: int = 20) -> float:
+def images_per_second(model_args: dict, batch_size: int, steps: int = 20, amp: str = "auto") -> float:
     """The training speed of one configuration here: a few steps of dl.train, after one of warm-up."""
     images, _ = book.digits("train")
-    model = dl.UNet(1, dim_mults=(1, 2, 4), **model_args)
+    model = network(model_args)
     seen = []
     clock = [time.perf_counter()]
 
@@ -122,7 +177,7 @@ def images_per_second(model_args: dict, batch_size: int, steps: int = 20) -> flo
         clock[0] = now
 
     dl.train(model, dl.cosine_schedule(1000), images, steps=steps + 1, batch_size=batch_size, device="cpu",
-             progress=False, log_every=1, callback=lap)
+             amp=amp, progress=False, log_every=1, callback=lap)
     return batch_size / sorted(seen[1:])[len(seen[1:]) // 2]
 
 
@@ -163,20 +218,20 @@ def final_against_ema(final, ema_f: torch.Tensor, held_out_f, net) -> dict:
 
 
 def run(name: str, minutes: float, results: dict, workdir: Path, held_out_f, net) -> None:
-    label, place = "full" if minutes == FULL_MINUTES else "short", here()
+    model_args, train_args, loss_args = CONFIGS[name]
+    label, place = "full" if minutes == FULL_MINUTES else "short", place_of(train_args)
     if any(r["config"] == name and r["length"] == label and same_place(r, place) for r in results["runs"]):
         print(f"{name} ({label}): already scored on {place['machine']} in {place['precision']}", flush=True)
         return
-    model_args, train_args, loss_args = CONFIGS[name]
     train_args = dict(train_args)
     fixed = train_args.pop("steps", None)
-    speed = images_per_second(model_args, train_args["batch_size"])
+    speed = images_per_second(model_args, train_args["batch_size"], amp=train_args.get("amp", "auto"))
     steps = fixed or int(minutes * 60 * speed / train_args["batch_size"])
     print(f"{name} ({label}): {speed:.0f} images/s here, so {steps} steps "
           f"{'(fixed)' if fixed else f'in {minutes:g} minutes'}", flush=True)
     images, _ = book.digits("train")
     torch.manual_seed(0)
-    model = dl.UNet(1, dim_mults=(1, 2, 4), **model_args)
+    model = network(model_args)
     loss = dl.DDPMLoss(dl.cosine_schedule(1000), **loss_args)
     result = dl.train(model, images=images, loss_fn=loss, steps=steps, warmup=min(200, steps // 10),
                       lr_decay="cosine", device="cpu", progress=False,
@@ -208,22 +263,23 @@ def report_final(r: dict) -> None:
 def rescore(results: dict, workdir: Path, held_out_f, net) -> None:
     """Score each full run's EMA weights, from its checkpoint, with the ancestral sampler too, and
     its final weights against its EMA ones; and chapter 6's published model with both samplers."""
-    place = here()
     for r in results["runs"]:
+        place = place_of(r["train"])
         if r["length"] != "full" or "fd_final" in r or not same_place(r, place):
             continue
         path = workdir / f"{slug(r['config'], 'full', place)}.pt"
-        ema_f, _ = draw_features(dl.load_model(path), net)
-        r.update(final_against_ema(dl.load_model(path, ema=False), ema_f, held_out_f, net))
+        ema_f, _ = draw_features(load_run(r, path), net)
+        r.update(final_against_ema(load_run(r, path, ema=False), ema_f, held_out_f, net))
         save_results(results)
         report_final(r)
     for r in results["runs"]:
+        place = place_of(r["train"])
         if r["length"] != "full" or "fd_ancestral" in r or not same_place(r, place):
             continue  # a checkpoint lives on the machine that trained it
         results["protocol_ancestral"] = ("fd_ancestral: the same, drawn from the same x_T with the ancestral "
                                          "sampler (DDIM eta 1, 50 steps on the uniform grid)")
         path = workdir / f"{slug(r['config'], 'full', place)}.pt"
-        r["fd_ancestral"] = score(dl.load_model(path), held_out_f, net, eta=1.0)
+        r["fd_ancestral"] = score(load_run(r, path), held_out_f, net, eta=1.0)
         save_results(results)
         print(f"{r['config']} (full): ancestral-50 FD {r['fd_ancestral']['value']:.1f} "
               f"+/- {r['fd_ancestral']['std']:.1f} (DDIM-50: {r['fd']['value']:.1f})", flush=True)

@@ -63,7 +63,7 @@ def main() -> None:
             # the letter alone where a circle series already names the configuration
             short = name.split(":")[0] if (name, *first) in series else name
             marker, label = "*", f"{short}, {precision} on {machine.split(' CPU')[0]}"
-            colour, others = ("black", "darkred", "navy", "darkgreen")[others % 4], others + 1
+            colour, others = ("black", "darkred", "navy", "darkgreen", "darkorange")[others % 5], others + 1
         minutes = [r["minutes"] if r["length"] == "full" else r["images_seen"] / sustained_speed(r, results["runs"]) / 60
                    for r in runs]
         fd = [r["fd"]["value"] for r in runs]

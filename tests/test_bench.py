@@ -24,7 +24,8 @@ def test_train_throughput_runs_at_tiny_size(capsys):
     rows = load("train_throughput").main(["--tiny", "--device", "cpu"])
     ours = [r for r in rows if not r["peer"]]
     assert [r["model"] for r in ours] == ["ddpm_lib UNet, fp32 baseline", "ddpm_lib UNet, + fused/foreach",
-                                          "ddpm_lib UNet, + channels_last", "ddpm_lib UNet, + bf16 autocast"]
+                                          "ddpm_lib UNet, + channels_last", "ddpm_lib UNet, + bf16 autocast",
+                                          "ddpm_lib UNet, dl.train itself (its defaults)"]
     assert all(r["images_per_s"] > 0 and r["params"] > 0 for r in rows)
     # On a CPU each row's FLOP rate is set against the ceiling (matmul or 1x1 conv) measured in the same run.
     assert all(r["of_ceiling"] > 0 and set(r["ceiling_tflops"]) == {"float32", "bf16"} for r in rows)
