@@ -41,7 +41,7 @@ def sustained_speed(run: dict, runs: list) -> float:
 
 def main() -> None:
     results = json.loads((ROOT / "book" / "data" / "cpu_sweep.json").read_text())
-    fig, ax = plt.subplots(figsize=(9.5, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(10.5, 4.6), dpi=120)
     floor, spread = results["floor"], results["floor_subsets"]
     ax.axhspan(spread["mean"] - 1.96 * spread["std"], spread["mean"] + 1.96 * spread["std"], color="0.85",
                label=f"real vs real floor, 8 sets: {spread['mean']:.1f} +/- 1.96 std")
@@ -63,7 +63,7 @@ def main() -> None:
             # the letter alone where a circle series already names the configuration
             short = name.split(":")[0] if (name, *first) in series else name
             marker, label = "*", f"{short}, {precision} on {machine.split(' CPU')[0]}"
-            colour, others = ("black", "darkred", "navy", "darkgreen", "darkorange")[others % 5], others + 1
+            colour, others = ("black", "darkred", "navy", "darkgreen", "darkorange", "darkviolet")[others % 6], others + 1
         minutes = [r["minutes"] if r["length"] == "full" else r["images_seen"] / sustained_speed(r, results["runs"]) / 60
                    for r in runs]
         fd = [r["fd"]["value"] for r in runs]
