@@ -81,9 +81,10 @@ def _timed(fn) -> float:
 class EpsModel(torch.nn.Module):
     """Adapts a peer's network to the (x_t, t) -> eps_hat contract."""
 
-    def __init__(self, net, kind):
+    def __init__(self, net, kind, **config):
         super().__init__()
         self.net, self.kind = net, kind
+        self.config = {"kind": kind, **config}  # what a dl.train checkpoint records
 
     def forward(self, x, t):
         out = self.net(x, t)
@@ -118,17 +119,22 @@ def peer_models(channels: int, size: int, target: int, depth: int):
     except ImportError:
         pass
     try:
-        from diffusers import UNet2DModel
-
-        def make(w):
-            chans = tuple(w * m for m in (1, 2, 4, 8)[:depth])
-            return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=chans,
-                               down_block_types=("DownBlock2D",) * depth, up_block_types=("UpBlock2D",) * depth,
-                               layers_per_block=2, norm_num_groups=8)
-        peers["diffusers UNet2DModel"] = EpsModel(closest(make, target), "diffusers")
+        peers["diffusers UNet2DModel"] = closest(lambda w: diffusers_unet(w, channels, size, depth), target)
     except ImportError:
         pass
     return peers
+
+
+def diffusers_unet(width: int, channels: int = 1, size: int = 28, depth: int = 3) -> EpsModel:
+    """Hugging Face diffusers' UNet2DModel as the peer: ResNet blocks, no attention, widths
+    (w, 2w, 4w, ...) over ``depth`` levels, two blocks a level, as ``model(x_t, t) -> eps_hat``."""
+    from diffusers import UNet2DModel
+
+    chans = tuple(width * m for m in (1, 2, 4, 8)[:depth])
+    net = UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=chans,
+                      down_block_types=("DownBlock2D",) * depth, up_block_types=("UpBlock2D",) * depth,
+                      layers_per_block=2, norm_num_groups=8)
+    return EpsModel(net, "diffusers", width=width)
 
 
 def make_step(model, schedule, *, amp, channels_last, fused, compiled):
@@ -161,11 +167,9 @@ def make_step(model, schedule, *, amp, channels_last, fused, compiled):
     return step
 
 
-def measure(step, x0, iters: int, warmup: int = 0) -> float:
+def measure(step, x0, iters: int) -> float:
     """Seconds per step, timed with device synchronisation around the timed region."""
     device = x0.device
-    for _ in range(warmup):
-        step(x0)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -175,9 +179,10 @@ def measure(step, x0, iters: int, warmup: int = 0) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def train_seconds(model, schedule, x0, iters: int) -> float:
-    """Seconds per step of ``dl.train`` itself, with its defaults, on the images ``x0``: the median
-    time between its callbacks (one a step) after the first step, which pays for the set-up."""
+def train_seconds(model, schedule, images, iters: int, batch_size: int | None = None, **train_args) -> float:
+    """Seconds per step of ``dl.train`` itself (its defaults, or ``train_args``) on a copy of
+    ``model``: the median time between its callbacks (one a step) over ``iters`` steps, after a
+    first step that pays for the set-up. ``batch_size``: all of ``images`` by default."""
     laps, clock = [], [time.perf_counter()]
 
     def lap(step, ema, losses):
@@ -185,8 +190,8 @@ def train_seconds(model, schedule, x0, iters: int) -> float:
         laps.append(now - clock[0])
         clock[0] = now
 
-    dl.train(copy.deepcopy(model), schedule, x0, steps=iters + 1, batch_size=len(x0), device=x0.device,
-             progress=False, log_every=1, callback=lap)
+    dl.train(copy.deepcopy(model), schedule, images, steps=iters + 1, batch_size=batch_size or len(images),
+             device=images.device, progress=False, log_every=1, callback=lap, **train_args)
     return statistics.median(laps[1:])
 
 
@@ -269,31 +274,29 @@ def run(tiny: bool = False, device=None, iters: int | None = None, rounds: int |
             for opts in best:
                 label = f"{name}, {'bf16' if opts['amp'] else 'fp32'} channels_last" if not cuda else name
                 models.append((label, peer.to(device), opts))
-        steps, peak_mem = {}, {}
-        for name, model, opts in models:
-            steps[name] = make_step(copy.deepcopy(model), schedule, **opts)
-            for _ in range(warmup):
-                steps[name](x0).item()
-            peak_mem[name] = 0.0
-
         # dl.train itself, with EMA, clipping and logging, beside the bare steps it should match.
         loop = "ddpm_lib UNet, dl.train itself (its defaults)"
-        loop_amp = dl.autocast_dtype(device) is not None
-        models.insert(len(variants), (loop, ours, dict(amp=loop_amp)))
-        steps[loop] = lambda x: train_seconds(ours, schedule, x, iters)
-        peak_mem[loop] = 0.0
+        models.insert(len(variants), (loop, ours, dict(amp=dl.autocast_dtype(device) is not None)))
+        timers = {loop: lambda: train_seconds(ours, schedule, x0, iters)}
+        for name, model, opts in models:
+            if name != loop:
+                step = make_step(copy.deepcopy(model), schedule, **opts)
+                for _ in range(warmup):
+                    step(x0).item()
+                timers[name] = lambda step=step: measure(step, x0, iters)
+        peak_mem = dict.fromkeys(timers, 0.0)
 
         def timed(name):
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            seconds = steps[name](x0) if name == loop else measure(steps[name], x0, iters)
+            seconds = timers[name]()
             if cuda:
                 peak_mem[name] = max(peak_mem[name], torch.cuda.max_memory_allocated(device) / 2**30)
             print(f"  {config_name}: {name}: {1000 * seconds:.1f} ms/step", flush=True)  # progress
             return seconds
 
-        medians = interleaved_medians(timed, list(steps), rounds)
+        medians = interleaved_medians(timed, list(timers), rounds)
         for name, model, opts in models:
             seconds = medians[name]
             model_flops = flops if model is ours else flops_per_step(model, schedule, x0)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import sys
 from pathlib import Path
 
 import torch
@@ -39,6 +40,9 @@ from ddpm_lib.evidence import bootstrap, fd_difference
 from ddpm_lib.metrics import extract_features, frechet_distance, load_feature_network
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))  # the benchmark's peer network and its dl.train timing
+from train_throughput import diffusers_unet, train_seconds  # noqa: E402
+
 RESULTS = ROOT / "book" / "data" / "cpu_sweep.json"
 SHORT_MINUTES, FULL_MINUTES = 5.0, 15.0
 N_SAMPLES, SAMPLE_SEED = 1000, 1234
@@ -73,7 +77,8 @@ def config(base_dim: int, batch_size: int, lr: float, ema_decay: float = 0.998, 
            peer: bool = False, dim_mults: tuple | None = None, **loss_args):
     """(network arguments, train arguments, DDPMLoss arguments) of one configuration. ``steps`` fixes
     the number of steps instead of deriving it from the speed probe and the budget. ``peer``: train
-    ``diffusers``' UNet2DModel of width ``base_dim`` (see :class:`PeerUNet`) instead of the book's U-Net.
+    ``diffusers``' UNet2DModel of width ``base_dim``, the CPU benchmark's peer, instead of the book's
+    U-Net (at width 16: 905,377 parameters, the closest to the book's 1,056,353).
     ``dim_mults``: the U-Net's, when not the book's (1, 2, 4)."""
     train_args = {"batch_size": batch_size, "lr": lr, "ema_decay": ema_decay}
     if steps:
@@ -88,29 +93,10 @@ def config(base_dim: int, batch_size: int, lr: float, ema_decay: float = 0.998, 
     return model_args, train_args, loss_args
 
 
-class PeerUNet(torch.nn.Module):
-    """Hugging Face ``diffusers``' UNet2DModel as ``model(x_t, t) -> eps_hat``, the peer of the CPU
-    benchmark (bench/train_throughput.py): ResNet blocks, no attention, widths (w, 2w, 4w), two
-    blocks a level. At w = 16 it has 905,377 parameters, the closest to the book's 1,056,353."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        from diffusers import UNet2DModel  # pip install diffusers; only this comparison needs it
-
-        self.config = {"width": width}  # what dl.train's checkpoint records
-        self.net = UNet2DModel(sample_size=28, in_channels=1, out_channels=1,
-                               block_out_channels=(width, 2 * width, 4 * width),
-                               down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
-                               layers_per_block=2, norm_num_groups=8)
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(x_t, t).sample  # [B, 1, 28, 28]
-
-
 def network(model_args: dict) -> torch.nn.Module:
     """The network a configuration trains: the book's U-Net, or the peer's."""
-    if model_args.get("network") == "diffusers UNet2DModel":
-        return PeerUNet(model_args["width"])
+    if model_args.get("network") == "diffusers UNet2DModel":  # pip install diffusers first
+        return diffusers_unet(model_args["width"])
     return dl.UNet(1, **{"dim_mults": (1, 2, 4), **model_args})
 
 
@@ -175,18 +161,9 @@ def fd_with_interval(real_f: torch.Tensor, fake_f: torch.Tensor) -> dict:
 def images_per_second(model_args: dict, batch_size: int, steps: int = 20, amp: str = "auto") -> float:
     """The training speed of one configuration here: a few steps of dl.train, after one of warm-up."""
     images, _ = book.digits("train")
-    model = network(model_args)
-    seen = []
-    clock = [time.perf_counter()]
-
-    def lap(step, ema, losses):
-        now = time.perf_counter()
-        seen.append(now - clock[0])
-        clock[0] = now
-
-    dl.train(model, dl.cosine_schedule(1000), images, steps=steps + 1, batch_size=batch_size, device="cpu",
-             amp=amp, progress=False, log_every=1, callback=lap)
-    return batch_size / sorted(seen[1:])[len(seen[1:]) // 2]
+    seconds = train_seconds(network(model_args), dl.cosine_schedule(1000), images, steps, batch_size=batch_size,
+                            amp=amp)  # images on the CPU: trains there
+    return batch_size / seconds
 
 
 def draw_features(model, net, eta: float = 0.0) -> tuple[torch.Tensor, float]:

@@ -63,7 +63,8 @@ def main() -> None:
             # the letter alone where a circle series already names the configuration
             short = name.split(":")[0] if (name, *first) in series else name
             marker, label = "*", f"{short}, {precision} on {machine.split(' CPU')[0]}"
-            colour, others = ("black", "darkred", "navy", "darkgreen", "darkorange", "darkviolet")[others % 6], others + 1
+            dark = ("black", "darkred", "navy", "darkgreen", "darkorange", "darkviolet")
+            colour, others = dark[others % len(dark)], others + 1
         minutes = [r["minutes"] if r["length"] == "full" else r["images_seen"] / sustained_speed(r, results["runs"]) / 60
                    for r in runs]
         fd = [r["fd"]["value"] for r in runs]
