@@ -94,3 +94,14 @@ def test_sampling_batch_bench_times_each_batch_in_both_layouts(capsys):
         (8, "channels-last", None), (8, "channels-last", 128)]
     assert all(r["ms_per_image"] > 0 for r in rows)
     assert "slices of <= 128" in capsys.readouterr().out
+
+
+def test_depthwise_grad_bench_matches_pytorchs_gradient_at_every_depthwise_shape(capsys):
+    rows = load("depthwise_grad").main(["--tiny", "--device", "cpu"])
+    # Every depthwise convolution of the U-Net runs once per forward pass, so the rows' counts add
+    # up to the number of such layers.
+    depthwise = [m for m in dl.UNet(1, 4, (1, 2, 4)).modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert sum(r["count"] for r in rows) == len(depthwise)
+    # The 49 sums are the gradient itself, in another order of float32 additions: a few ulps apart.
+    assert all(r["rel_err"] < 1e-5 for r in rows)
+    assert "one training step" in capsys.readouterr().out
