@@ -1,7 +1,7 @@
 """The weight gradient of the U-Net's 7x7 depthwise convolutions on a CPU: oneDNN's kernel or a compiled one.
 
-    python bench/depthwise_grad.py           # the book's U-Net (base 32), batch 128: minutes of compiling
-    python bench/depthwise_grad.py --tiny    # seconds: checks the formulation, compiles nothing
+    python bench/depthwise_grad.py --device cpu          # the book's U-Net (base 32), batch 128: minutes
+    python bench/depthwise_grad.py --tiny --device cpu   # seconds: checks the formulation, compiles nothing
 
 For its arithmetic this gradient is the slowest part of a bf16 training step on a CPU (see the
 performance appendix): about 3% of the FLOPs, about a fifth of the time. It is 49 sums of
@@ -17,7 +17,6 @@ step, float32 and channels-last as `dl.train` runs them, and reports what the co
 from __future__ import annotations
 
 import collections
-import statistics
 import time
 
 import torch
@@ -58,19 +57,16 @@ def depthwise_shapes(base: int, batch: int) -> collections.Counter:
     return shapes
 
 
-def _median_ms(fn, *args, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def _seconds(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
 
 
 def run(tiny: bool = False, device=None) -> list[dict]:
     if device is not None and torch.device(device).type != "cpu":
         raise ValueError(f"this benchmark measures the CPU's kernels; run it with --device cpu, not {device}")
-    base, batch, repeats = (4, 2, 2) if tiny else (32, 128, 5)
+    base, batch, rounds = (4, 2, 2) if tiny else (32, 128, 9)
     rows = []
     for shape, count in depthwise_shapes(base, batch).items():
         torch.manual_seed(0)
@@ -82,10 +78,11 @@ def run(tiny: bool = False, device=None) -> list[dict]:
         compile_s = time.perf_counter() - start
         ref = onednn_weight_grad(x, grad_y)
         rel_err = ((ours - ref).abs().max() / ref.abs().max()).item()
+        # Both are warm now (oneDNN has picked its kernel, Inductor compiled): one call per turn.
         fns = {"oneDNN": onednn_weight_grad, "compiled": fn}
-        medians = interleaved_medians(lambda name: _median_ms(fns[name], x, grad_y, repeats=repeats), list(fns))
-        row = {"shape": list(shape), "count": count, "compiled": not tiny, "onednn_ms": medians["oneDNN"],
-               "compiled_ms": medians["compiled"], "compile_s": compile_s, "rel_err": rel_err}
+        medians = interleaved_medians(lambda name: _seconds(fns[name], x, grad_y), list(fns), rounds)
+        row = {"shape": list(shape), "count": count, "compiled": not tiny, "onednn_ms": 1000 * medians["oneDNN"],
+               "compiled_ms": 1000 * medians["compiled"], "compile_s": compile_s, "rel_err": rel_err}
         print(f"  {'x'.join(map(str, shape))}: oneDNN {row['onednn_ms']:.1f} ms, "
               f"compiled {row['compiled_ms']:.1f} ms (first call {compile_s:.1f} s)", flush=True)
         rows.append(row)
