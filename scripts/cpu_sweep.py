@@ -19,8 +19,10 @@ held-out ones). Results accumulate in
 ``book/data/cpu_sweep.json`` (a run that stops resumes where it left off: training from its
 checkpoint, finished scores from the file), which the performance appendix plots. Each run records
 the machine and the precision it trained in; a configuration already scored on one machine is run
-again on another, not skipped. Configuration R trains the peer of the CPU benchmark, ``diffusers``'
-UNet2DModel, with the recipe of the book's configuration (``pip install diffusers`` first).
+again on another, not skipped. Configurations R, T and U train the peer of the CPU benchmark,
+``diffusers``' UNet2DModel, with the recipe of the book's configuration (Q) for Q's steps, 1.36
+times and twice as many: how long the peer takes to reach Q's quality (``pip install diffusers``
+first).
 """
 
 from __future__ import annotations
@@ -135,6 +137,12 @@ CONFIGS = {
     "Q: P, 4,290 steps": config(16, 32, 1e-3, min_snr=5.0, steps=4290),
     # Time to quality against a peer: Q's recipe and steps, with diffusers' network in its place.
     "R: Q with diffusers' UNet2DModel": config(16, 32, 1e-3, min_snr=5.0, steps=4290, peer=True),
+    # The peer for longer, to find how long it takes to reach Q's quality: at R's pace (4,290 steps
+    # in 18.8 minutes) twice Q's 12.8 minutes are about 5,840 steps; this run went faster (22.3 min).
+    "T: R, 5,840 steps": config(16, 32, 1e-3, min_snr=5.0, steps=5840, peer=True),
+    # Twice Q's steps: the benchmark times the two networks' training steps within 3% of each other
+    # at batch 32, so twice the steps are about twice the training time.
+    "U: R, 8,580 steps": config(16, 32, 1e-3, min_snr=5.0, steps=8580, peer=True),
     # Less arithmetic for its parameters: base 8 with most channels at 7x7 (762,833 parameters; a
     # training image costs 0.45 GFLOP per million parameters, against 0.71 for Q's network) ran at
     # 250 images/s in dl.train against Q's network's 172 on the AMD EPYC; 6,000 steps are about 13

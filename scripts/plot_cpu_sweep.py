@@ -9,7 +9,8 @@ short run does not stretch it. Error bars are +/- 1.96 bootstrap standard deviat
 real-versus-real floor (sets of 1,000 training digits against the held-out digits, +/- 1.96
 standard deviations over disjoint sets), the dashed line four times the floor. Open markers: a full
 run's EMA weights scored again with the ancestral sampler (``cpu_sweep.py --rescore``); crosses: a
-full run's final (raw) weights, DDIM-50, beside its EMA weights. Runs made on
+full run's final (raw) weights, DDIM-50, beside its EMA weights. The peer's runs (``diffusers``'
+network with Q's recipe, each for another number of steps) form one line. Runs made on
 another machine or in another precision than the sweep's first form their own series, drawn with
 stars in dark colours.
 """
@@ -50,6 +51,8 @@ def main() -> None:
     first = results["runs"][0]["machine"], results["runs"][0]["precision"]
 
     def series_of(r):
+        if "network" in r["model"]:  # the peer's runs differ in their steps alone: one line
+            return "R, T, U: diffusers' network, Q's recipe", r["machine"], r["precision"]
         return r["config"], r["machine"], r["precision"]
 
     series = dict.fromkeys(series_of(r) for r in results["runs"])
