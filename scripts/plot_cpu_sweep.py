@@ -50,14 +50,17 @@ def main() -> None:
     ax.axvline(15, color="0.6", ls=":", lw=1, label="15 minutes (the budget)")
     first = results["runs"][0]["machine"], results["runs"][0]["precision"]
 
+    peer_letters = ", ".join(r["config"].split(":")[0] for r in results["runs"] if "network" in r["model"])
+
     def series_of(r):
         if "network" in r["model"]:  # the peer's runs differ in their steps alone: one line
-            return "R, T, U: diffusers' network, Q's recipe", r["machine"], r["precision"]
+            return f"{peer_letters}: diffusers' network, Q's recipe", r["machine"], r["precision"]
         return r["config"], r["machine"], r["precision"]
 
     series = dict.fromkeys(series_of(r) for r in results["runs"])
     colours = plt.get_cmap("tab20").colors  # more configurations than the default cycle's ten colours
     others = 0  # series from another machine or precision so far
+    dark = ("black", "darkred", "navy", "darkgreen", "darkorange", "darkviolet")
     for k, (name, machine, precision) in enumerate(series):
         runs = sorted((r for r in results["runs"] if series_of(r) == (name, machine, precision)),
                       key=lambda r: r["images_seen"])
@@ -66,7 +69,6 @@ def main() -> None:
             # the letter alone where a circle series already names the configuration
             short = name.split(":")[0] if (name, *first) in series else name
             marker, label = "*", f"{short}, {precision} on {machine.split(' CPU')[0]}"
-            dark = ("black", "darkred", "navy", "darkgreen", "darkorange", "darkviolet")
             colour, others = dark[others % len(dark)], others + 1
         minutes = [r["minutes"] if r["length"] == "full" else r["images_seen"] / sustained_speed(r, results["runs"]) / 60
                    for r in runs]
