@@ -14,7 +14,9 @@ The public API, by concept:
 - checkpoints and published weights:  save_checkpoint, load_checkpoint, save_model, load_model,
   pretrained (a chapter's published model by name), save_weights, load_weights (safetensors)
 - data:  load_mnist, load_fashion_mnist, held_out_split, to_model_range, from_model_range, DatasetError
-- figures:  image_grid, show_images, animate_grids
+- figures:  image_grid, show_images, animate_grids, animation_html (an animation that plays offline)
+- scoring:  Scorer (every measure of a set of digits, under the book's one interval rule), Score,
+  Comparison, ClassScorer (class by class, for conditional models)
 - utilities:  pick_device, seed_everything, device_name
 
 The other generative models and the metrics live in their own modules, imported by name:
@@ -22,15 +24,16 @@ The other generative models and the metrics live in their own modules, imported 
 Discriminator, the non-saturating losses, gan_sample, train_gan), ``ddpm_lib.metrics`` (the feature
 network, Frechet distance, KID, precision and recall, class coverage), ``ddpm_lib.evidence``
 (bootstrap intervals, nearest-neighbour distances to the training set, blur) and
-``ddpm_lib.editing`` (inpainting after RePaint, and SDEdit). ``ddpm_lib.book`` holds what the
+``ddpm_lib.editing`` (inpainting after RePaint, and SDEdit); ``ddpm_lib.files`` says where the
+library keeps its files and checks each against its SHA-256. ``ddpm_lib.book`` holds what the
 chapters need around them (start-up, smoke mode, data, timing, trained models, animations); its
-``start_chapter``, ``smoke_mode``, ``Chapter`` and ``animation_html`` are also re-exported here.
+``start_chapter``, ``smoke_mode`` and ``Chapter`` are also re-exported here.
 """
 
-from . import book, editing, evidence, gan, metrics, vae
+from . import book, editing, evidence, files, gan, metrics, vae
 from .analytic import GaussianDenoiser, GaussianVelocity
 from .blocks import ConvNeXtBlock, Downsample, Upsample
-from .book import Chapter, animation_html, smoke_mode, start_chapter
+from .book import Chapter, smoke_mode, start_chapter
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from .data import DatasetError, from_model_range, held_out_split, load_fashion_mnist, load_mnist, to_model_range
 from .diffusion import (DDPMLoss, ddpm_loss, eps_from_v, predict_eps, predict_x0, q_posterior, q_sample,
@@ -41,9 +44,10 @@ from .hub import load_weights, pretrained, save_weights
 from .embedding import SinusoidalEmbedding
 from .loop import Batch, TrainResult
 from .precision import autocast_dtype
-from .plotting import animate_grids, image_grid, show_images
+from .plotting import animate_grids, animation_html, image_grid, show_images
 from .ode import dpm_solver_sample, heun_sample
 from .sampling import Prediction, conditioned, count_nfe, ddim_sample, ddpm_sample, denoise, run_sampler
+from .scoring import ClassScorer, Comparison, Score, Scorer
 from .schedule import NoiseSchedule, cosine_schedule, linear_schedule
 from .timesteps import ddim_timesteps, timestep_grid
 from .train import train
@@ -53,7 +57,7 @@ from .utils import device_name, pick_device, seed_everything
 __version__ = "0.1.0"
 
 __all__ = [
-    "book", "editing", "evidence", "gan", "metrics", "vae",
+    "book", "editing", "evidence", "files", "gan", "metrics", "vae",
     "NoiseSchedule", "linear_schedule", "cosine_schedule",
     "q_sample", "predict_x0", "predict_eps", "q_posterior", "ddpm_loss", "DDPMLoss",
     "ddpm_sample", "ddim_sample", "heun_sample", "dpm_solver_sample", "ddim_timesteps", "timestep_grid",
@@ -64,6 +68,6 @@ __all__ = [
     "train", "TrainResult", "Batch", "autocast_dtype", "make_ema", "update_ema",
     "save_checkpoint", "load_checkpoint", "save_model", "load_model", "pretrained", "save_weights", "load_weights",
     "load_mnist", "load_fashion_mnist", "held_out_split", "to_model_range", "from_model_range", "DatasetError",
-    "image_grid", "show_images", "animate_grids", "animation_html",
+    "image_grid", "show_images", "animate_grids", "animation_html", "Scorer", "Score", "Comparison", "ClassScorer",
     "pick_device", "seed_everything", "device_name", "smoke_mode", "start_chapter", "Chapter",
 ]

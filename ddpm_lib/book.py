@@ -1,5 +1,7 @@
-"""What the book's chapters need around the library: start-up, smoke mode, timing, batching,
-finding a trained model (the reader's or the published one), and animations that play offline.
+"""What the book's chapters need around the library: start-up, smoke mode, sizes, the data, finding
+a trained model (the reader's or the published one) and publishing one, and time estimates; and,
+from :mod:`ddpm_lib.protocol`, the measuring protocol: the fixed starting noises by name, drawing
+digits timed and counted, and the book's scorer against the held-out digits.
 
 The core modules (schedules, diffusion, samplers, networks, training, data, metrics) import
 nothing from here; the chapters import these helpers instead of defining their own.
@@ -8,7 +10,6 @@ nothing from here; the chapters import these helpers instead of defining their o
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from torch import nn
 from .checkpoint import load_model
 from .data import held_out_split, load_mnist, to_model_range
 from .hub import pretrained
+from .protocol import (NOISE_SEEDS, Drawn, comparison_table, draw_digits, in_batches, network_calls,  # noqa: F401
+                       noise, scorer, timed)
 from .utils import device_name, pick_device, seed_everything
 
 
@@ -101,35 +104,6 @@ def digits(part: str = "train", *, held_out: float = 0.2) -> tuple[torch.Tensor,
     return images, labels
 
 
-def _synchronize(device) -> None:
-    kind = torch.device(device).type if device is not None else None
-    if kind == "cuda":
-        torch.cuda.synchronize(device)
-    elif kind == "mps":
-        torch.mps.synchronize()
-
-
-def timed(fn, device=None):
-    """``(fn(), seconds)``. On a GPU, work is queued and runs later: synchronise before and after
-    so the clock measures the work, not the queuing."""
-    _synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    _synchronize(device)
-    return out, time.perf_counter() - start
-
-
-def in_batches(fn, n: int, batch_size: int = 500) -> torch.Tensor:
-    """``fn(size, start)`` for consecutive batches covering ``n`` items, concatenated on the CPU.
-
-    ``start`` (0, batch_size, 2 * batch_size, ...) lets ``fn`` seed each batch on its own, so the
-    result does not depend on the batch size's effect on a shared random stream.
-    """
-    if n < 1 or batch_size < 1:
-        raise ValueError(f"n and batch_size must be positive, got {n} and {batch_size}")
-    return torch.cat([fn(min(batch_size, n - k), k).cpu() for k in range(0, n, batch_size)])
-
-
 def checkpoint_dir() -> Path:
     """Where the chapters keep the reader's trained models: ``$DDPM_BOOK_CHECKPOINTS``, else ``checkpoints/``.
 
@@ -197,6 +171,18 @@ def save_for_publishing(name: str, model: nn.Module, draw, *, n: int = 1000) -> 
             "mean_pixel_difference": difference.mean().item()}
 
 
+def publishing_table(report: dict, sampler: str) -> str:
+    """The check of :func:`save_for_publishing`'s ``report`` as a Markdown table: each copy's FD with
+    its standard deviation, and what was published. ``sampler`` names how the digits were drawn."""
+    from .evidence import format_pm, markdown_table
+
+    fd = report["fd"]
+    return markdown_table(
+        ["weights", f"FD to the held-out digits (n = {report['n']:,}, {sampler})"],
+        [["float32", format_pm(fd["float32"])], ["float16", format_pm(fd["float16"])],
+         ["**published**", f"{str(report['dtype']).removeprefix('torch.')}, {report['bytes'] / 2**20:.2f} MB"]])
+
+
 def estimate_run(run, total_steps: int, *, probe_steps: int = 10, device=None) -> float:
     """How long ``run(total_steps)`` will take here, from a timed ``run(probe_steps)`` after an
     untimed ``run(1)`` that pays the one-off costs.
@@ -217,21 +203,3 @@ def print_estimate(what: str, seconds: float) -> None:
     when = f"{minutes:.0f} min" if minutes >= 1.5 else f"{seconds:.0f} s"
     hint = "" if minutes < 5 or work_fraction() < 1 else " (DDPM_BOOK_FRACTION=0.25 does a quarter of it)"
     print(f"{what}: about {when} on {device_name(pick_device())}{hint}")
-
-
-# Text symbols for the player's buttons (common glyphs), so the page needs no icon font from a CDN.
-_PLAYER_ICONS = {"fa fa-minus": "&minus;", "fa fa-fast-backward": "&laquo;", "fa fa-step-backward": "&lsaquo;",
-                 "fa fa-play fa-flip-horizontal": "&#x25C0;", "fa fa-pause": "&#x2016;", "fa fa-play": "&#x25B6;",
-                 "fa fa-step-forward": "&rsaquo;", "fa fa-fast-forward": "&raquo;", "fa fa-plus": "+"}
-
-
-def animation_html(animation, default_mode: str = "once") -> str:
-    """A matplotlib animation as self-contained HTML (every frame embedded, player controls included).
-
-    Matplotlib's ``to_jshtml`` loads an icon font from a CDN for its buttons; offline, or behind a
-    strict content policy, that request fails and the buttons are blank. We drop the link and
-    write the buttons as text symbols instead.
-    """
-    html = animation.to_jshtml(default_mode=default_mode)
-    html = re.sub(r'<link rel="stylesheet"\s*href="https://maxcdn[^"]*font-awesome[^"]*">', "", html)
-    return re.sub(r'<i class="([^"]*)"></i>', lambda m: _PLAYER_ICONS.get(m.group(1), ""), html)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import hashlib
 import os
 import tempfile
 import urllib.request
@@ -19,6 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from .files import check_sha256, data_root
 
 
 class DatasetError(RuntimeError):
@@ -51,15 +52,6 @@ _DATASETS = {
 _SPLITS = {"train": "train", "test": "t10k"}
 
 
-def data_root(root=None) -> Path:
-    """The cache folder: ``root``, else ``$DDPM_DATA_DIR``, else ``~/.cache/ddpm_lib``."""
-    if root is not None:
-        return Path(root).expanduser()
-    if os.environ.get("DDPM_DATA_DIR"):
-        return Path(os.environ["DDPM_DATA_DIR"]).expanduser()
-    return Path.home() / ".cache" / "ddpm_lib"
-
-
 def read_idx(payload: bytes, source: str = "IDX data") -> np.ndarray:
     """Parse an (uncompressed) IDX file of unsigned bytes: a 4-byte magic, the dims, then the data."""
     if len(payload) < 4 or payload[:2] != b"\x00\x00" or payload[2] != 0x08:
@@ -80,9 +72,7 @@ def _verified_payload(raw: bytes, gzipped: bool, sha256: str, source: str) -> by
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
             raise DatasetError(f"{source} is corrupt: not a complete gzip file ({err})") from err
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != sha256:
-        raise DatasetError(f"{source} is corrupt: its decompressed SHA-256 is {digest}, expected {sha256}")
+    check_sha256(raw, sha256, what=f"{source} (decompressed)", error=DatasetError)
     return raw
 
 

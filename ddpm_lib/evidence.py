@@ -1,16 +1,16 @@
 """What a comparison of generative models needs besides the metrics themselves.
 
-- How sure is a number? :func:`bootstrap` recomputes a statistic on resamples of the generated
-  set (Efron 1979) and gives a percentile interval, so two models are ranked only where their
-  intervals separate. Two samplers run from the same noises are compared more sharply by
-  :func:`fd_difference`, which resamples both sets together.
+- The book's one interval rule: :func:`halves` and :class:`Estimate` (value -/+ 1.96 standard
+  errors, the standard error from random halves of the set) and :func:`verdict`, which ranks two
+  numbers only when the interval of their difference excludes zero. :class:`ddpm_lib.Scorer`
+  applies it to every measure of a set of generated digits.
+- :func:`bootstrap` (Efron 1979) and :func:`fd_difference`, its paired form, resample with
+  replacement: the scripts whose recorded results came from them (the CPU sweep, the check of
+  published weights) still use them.
 - Does a model copy its training data? :func:`nearest_distances` measures how far each image is
   from its nearest neighbour in a reference set. A model that memorised would put its samples
   much closer to training digits than held-out digits are (Webster et al. 2019; Carlini et al.
   2023 extract training images from diffusion models this way).
-- How sure is a share such as precision or recall? :func:`split_precision_recall` scores disjoint
-  parts of the generated set and :func:`spread` turns the parts into a mean with a Student-t
-  interval.
 - How sure is an accuracy near 100%? :func:`wilson_interval`.
 - How does a measured number print? :func:`format_pm` and :func:`format_interval` give as many
   decimals as its error bar supports; :func:`markdown_table` lays results out as a table.
@@ -21,10 +21,73 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from .metrics import frechet_distance, precision_recall
+from .metrics import frechet_distance
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A measured number under the book's interval rule: ``value`` -/+ 1.96 ``std`` (95%)."""
+
+    value: float
+    std: float
+
+    @property
+    def low(self) -> float:
+        return self.value - Z_95 * self.std
+
+    @property
+    def high(self) -> float:
+        return self.value + Z_95 * self.std
+
+    def __getitem__(self, key: str) -> float:  # {"value", "std", "low", "high"}, as format_pm reads
+        if key not in ("value", "std", "low", "high"):
+            raise KeyError(f"an Estimate has value, std, low and high, not {key!r}")
+        return getattr(self, key)
+
+
+Z_95 = 1.959963984540054  # the normal distribution's 97.5% quantile
+
+
+def halves(n: int, num_halves: int = 100, seed: int = 0) -> torch.Tensor:
+    """``[num_halves, n // 2]`` random halves of ``range(n)``, each drawn without replacement.
+
+    The same ``(n, num_halves, seed)`` gives the same halves, so two sets of ``n`` digits drawn from
+    the same noises are scored on the same halves, and their difference is paired.
+    """
+    if n < 4 or num_halves < 2:
+        raise ValueError(f"half-sampling needs n >= 4 items and num_halves >= 2, got {n} and {num_halves}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(n, generator=g)[: n // 2] for _ in range(num_halves)])
+
+
+def half_sample_estimate(value: float, on_halves: torch.Tensor, n: int) -> Estimate:
+    """The rule: ``value`` on all ``n`` items, its standard error from the values ``on_halves``.
+
+    Why halves: the average of m of n items drawn without replacement has variance
+    (S^2 / m)(1 - m / n), S^2 the items' variance; at m = n / 2 that is S^2 / n, the squared standard
+    error of the average of all n. So the spread over random halves *is* the standard error, for
+    an average exactly, and for a smooth statistic (FD, KID, an entropy) to first order, where the
+    terms of higher order make it larger, never smaller: an interval errs on the wide side. Unlike
+    a bootstrap, a half never repeats an item, which would sit at distance zero from itself and
+    bias every nearest-neighbour measure (precision, recall). ``m / (n - m)`` corrects odd n.
+    """
+    m = n // 2
+    std = on_halves.double().std().item() * math.sqrt(m / (n - m))
+    return Estimate(float(value), std)
+
+
+def verdict(difference: Estimate, *, sizes: str, higher: str = "A higher", lower: str = "A lower") -> str:
+    """``higher`` or ``lower`` where the 95% interval of A - B excludes zero, else "indistinguishable
+    at n = sizes": the only way the book ranks two numbers."""
+    if difference.low > 0:
+        return higher
+    if difference.high < 0:
+        return lower
+    return f"indistinguishable at n = {sizes}"
 
 
 def bootstrap(statistic, n: int, *, num_resamples: int = 100, confidence: float = 0.95, seed: int = 0) -> dict:
@@ -67,41 +130,6 @@ def fd_difference(reference_f: torch.Tensor, f_a: torch.Tensor, f_b: torch.Tenso
     return d
 
 
-# Student's t at 97.5%, by degrees of freedom: the half-width of a 95% interval of a mean of
-# few independent estimates, in units of its standard error.
-_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def spread(estimates) -> dict:
-    """Mean and std of 2 to 10 independent estimates of one share, and the 95% interval of the mean.
-
-    Returns ``{"value", "std", "low", "high"}`` like :func:`bootstrap`: the mean, the std of the
-    estimates, and mean -/+ t std / sqrt(m) for m estimates (Student's t with m - 1 degrees of
-    freedom), cut to [0, 1], where shares live.
-    """
-    v = torch.as_tensor(estimates, dtype=torch.float64).flatten()
-    if not 2 <= len(v) <= 10:
-        raise ValueError(f"spread needs 2 to 10 independent estimates, got {len(v)}")
-    mean, std = v.mean().item(), v.std().item()
-    half = _T_975[len(v) - 1] * std / math.sqrt(len(v))
-    return {"value": mean, "std": std, "low": max(mean - half, 0.0), "high": min(mean + half, 1.0)}
-
-
-def split_precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, *, parts: int = 4, k: int = 3):
-    """Precision and recall (:func:`~ddpm_lib.metrics.precision_recall`) with error bars.
-
-    The generated features are cut into ``parts`` disjoint parts, each scored against all of
-    ``real_feats``, and summarised by :func:`spread`. (Resampling with replacement would bias
-    them: a repeated image is its own nearest neighbour.) Returns ``(precision, recall)``, or
-    ``(None, None)`` when a part has too few images for balls reaching to the k-th neighbour.
-    """
-    size = len(fake_feats) // parts
-    if size <= k:
-        return None, None
-    scores = [precision_recall(real_feats, part, k=k) for part in fake_feats[:parts * size].split(size)]
-    return spread([p for p, _ in scores]), spread([r for _, r in scores])
-
-
 def nearest_distances(queries: torch.Tensor, references: torch.Tensor, *, batch_size: int = 500):
     """For each query, the Euclidean distance to its nearest reference and that reference's index.
 
@@ -141,12 +169,8 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> dict:
     z = math.sqrt(2) * torch.erfinv(torch.tensor(confidence, dtype=torch.float64)).item()
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return {"value": p, "std": math.sqrt(p * (1 - p) / n), "low": centre - half, "high": centre + half}
-
-
-def intervals_separate(a: dict, b: dict) -> bool:
-    """Whether two :func:`bootstrap` intervals do not overlap: only then is a ranking claimed."""
-    return a["high"] < b["low"] or b["high"] < a["low"]
+    return {"value": p, "std": math.sqrt(p * (1 - p) / n), "low": max(centre - half, 0.0),
+            "high": min(centre + half, 1.0)}  # (the bounds are 0 and 1 at k = 0 and n, up to rounding)
 
 
 def normal_interval(mean: float, std: float, confidence: float = 0.95) -> tuple[float, float]:
@@ -161,18 +185,20 @@ def _decimals(std: float) -> int:
     return 3 if not std > 0 else max(0, 1 - math.floor(math.log10(std)))
 
 
-def format_pm(m: dict | None) -> str:
-    """``{"value", "std"}`` as "value ± std", both to the std's second significant figure; "–" for None."""
+def format_pm(m: dict | None, scale: float = 1.0) -> str:
+    """``{"value", "std"}`` (or an :class:`Estimate`) times ``scale`` as "value ± std", both to the
+    std's second significant figure; "–" for None."""
     if m is None:
         return "–"
-    d = _decimals(m["std"])
-    return f"{m['value']:.{d}f} ± {m['std']:.{d}f}"
+    d = _decimals(scale * m["std"])
+    return f"{scale * m['value']:.{d}f} ± {scale * m['std']:.{d}f}"
 
 
-def format_interval(m: dict) -> str:
-    """``{"value", "std", "low", "high"}`` as "value [low, high]", to the std's second significant figure."""
-    d = _decimals(m["std"])
-    return f"{m['value']:.{d}f} [{m['low']:.{d}f}, {m['high']:.{d}f}]"
+def format_interval(m: dict, scale: float = 1.0) -> str:
+    """``{"value", "std", "low", "high"}`` (or an :class:`Estimate`) times ``scale`` (100 for a
+    percentage) as "value [low, high]", to the std's second significant figure."""
+    d = _decimals(scale * m["std"])
+    return f"{scale * m['value']:.{d}f} [{scale * m['low']:.{d}f}, {scale * m['high']:.{d}f}]"
 
 
 def markdown_table(header, rows, caption: str = "") -> str:

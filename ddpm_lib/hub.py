@@ -13,21 +13,20 @@ every file is checked against its SHA-256 before use, and a bad download is neve
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .checkpoint import check_state_dict, model_class, model_record
+from .files import CHECKOUT_WEIGHTS as CHECKOUT
+from .files import REGISTRY, check_sha256, sha256_of
+from .files import weights_cache as cache_dir
 
 FORMAT = "ddpm_lib.weights.v1"
 REPOSITORY = "https://github.com/diffusion-explained/diffusion-models-explained"
 DOWNLOAD_URL = REPOSITORY + "/raw/main/weights/{file}"
-CHECKOUT = Path(__file__).resolve().parents[1] / "weights"  # present when running from a clone
-REGISTRY = Path(__file__).resolve().parent / "weights" / "published.json"  # ships with the package
 
 
 def read_registry(path=REGISTRY) -> dict[str, dict]:
@@ -50,33 +49,8 @@ def read_registry(path=REGISTRY) -> dict[str, dict]:
 PUBLISHED: dict[str, dict] = read_registry()
 
 
-def publish(name: str, path, *, chapter: str, registry=REGISTRY, folder=CHECKOUT) -> dict:
-    """Copy the weights file ``path`` into the repository's ``weights/`` folder as ``<name>.safetensors``
-    and record its hash in the registry (the maintainers' step after a chapter's full run)."""
-    import shutil
-
-    load_weights(path)  # refuse to publish a file that does not load
-    file = f"{name}.safetensors"
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, Path(folder) / file)
-    entry = {"file": file, "sha256": sha256_of(path), "bytes": Path(path).stat().st_size, "chapter": chapter}
-    entries = read_registry(registry)
-    entries[name] = entry
-    Path(registry).write_text(json.dumps(dict(sorted(entries.items())), indent=1) + "\n")
-    PUBLISHED[name] = entry
-    return entry
-
-
 class WeightsError(RuntimeError):
     """Published weights are unknown, missing and not downloadable, or corrupt."""
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_weights(path, model: nn.Module, *, dtype: torch.dtype = torch.float16) -> str:
@@ -138,11 +112,6 @@ def load_weights(path, *, device=None, expected: type | None = None) -> nn.Modul
     return model.to(device if device is not None else "cpu").eval()
 
 
-def cache_dir() -> Path:
-    """Where downloaded weights are kept: ``$DDPM_CACHE_DIR/weights``, else ``~/.cache/ddpm_lib/weights``."""
-    return Path(os.environ.get("DDPM_CACHE_DIR", Path.home() / ".cache" / "ddpm_lib")).expanduser() / "weights"
-
-
 def pretrained(name: str, *, device=None) -> nn.Module:
     """The published model ``name`` (see ``PUBLISHED``), in eval mode on ``device``."""
     if name not in PUBLISHED:
@@ -150,10 +119,8 @@ def pretrained(name: str, *, device=None) -> nn.Module:
     file, sha256 = PUBLISHED[name]["file"], PUBLISHED[name]["sha256"]
     cached, checkout = cache_dir() / file, CHECKOUT / file
     if cached.exists():
-        found = sha256_of(cached)
-        if found != sha256:
-            raise WeightsError(f"{cached} is corrupt or from another run: SHA-256 {found}, expected {sha256}. "
-                               "Delete it to download a fresh copy.")
+        check_sha256(cached, sha256, what=str(cached), error=WeightsError,
+                     hint="Delete it to download a fresh copy.")
         return load_weights(cached, device=device)
     # A checkout's copy that fails the check (a Git LFS pointer, an edited file) is passed over.
     if checkout.exists() and sha256_of(checkout) == sha256:

@@ -3,8 +3,10 @@
 All metrics compare *features* of real and generated images, taken from the penultimate layer of
 a small MNIST classifier whose weights ship with the package (trained by
 ``scripts/train_mnist_classifier.py`` with a fixed seed and checked by hash on loading), so every
-run of the book measures with the same ruler. Because the features are not Inception-v3's, the
-numbers are comparable with each other, not with published FIDs.
+run of the book measures with the same ruler. A second ruler, an MLP trained the same way, checks
+which verdicts survive a change of feature network. Because the features are not Inception-v3's,
+the numbers are comparable with each other, not with published FIDs. :class:`ddpm_lib.Scorer`
+puts these metrics together under the book's interval rule.
 
 - Frechet distance (Heusel et al. 2017): the distance between Gaussians fitted to the two feature sets.
 - KID (Binkowski et al. 2018): an unbiased squared MMD with the kernel (x.y / d + 1)^3.
@@ -16,19 +18,37 @@ numbers are comparable with each other, not with published FIDs.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .files import check_sha256
+
 WEIGHTS = Path(__file__).with_name("weights") / "mnist_classifier.pt"
 WEIGHTS_SHA256 = "09c4d579357aa01b9fb0b7b2ce250e3a34be12c9903bab44c99322fac72129a3"
 
 
-class MnistClassifier(nn.Module):
+class Ruler(nn.Module):
+    """A feature network: ``trunk`` maps ``[B, 1, 28, 28]`` in [-1, 1] to the features ``[B, 128]``,
+    ``head`` the features to logits ``[B, 10]``."""
+
+    name = "feature network"
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
+            raise ValueError(f"the {self.name} expects images [B, 1, 28, 28] in [-1, 1], got {list(x.shape)}")
+        return self.trunk(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class MnistClassifier(Ruler):
     """A small CNN: ``[B, 1, 28, 28]`` in [-1, 1] -> logits ``[B, 10]``; ``features`` gives ``[B, 128]``."""
+
+    name = "MNIST classifier"
 
     def __init__(self):
         super().__init__()
@@ -43,32 +63,48 @@ class MnistClassifier(nn.Module):
         )
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, 10))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
-            raise ValueError(f"the MNIST classifier expects images [B, 1, 28, 28] in [-1, 1], got {list(x.shape)}")
-        return self.trunk(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+class MnistMLP(Ruler):
+    """A second, independent ruler: no convolutions, so none of the CNN's inductive biases.
+
+    ``[B, 1, 28, 28]`` in [-1, 1] -> logits ``[B, 10]``; ``features`` gives ``[B, 128]``. A ranking
+    that holds on both rulers is a property of the digits, not of one network's view of them.
+    """
+
+    name = "MNIST MLP"
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2),
+                                   nn.Linear(512, 128), nn.ReLU())  # [B, 128]: the features
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, 10))
 
 
-def load_feature_network(device=None, path=None) -> MnistClassifier:
-    """The packaged classifier in eval mode, after checking the weight file's SHA-256."""
-    path = Path(path) if path is not None else WEIGHTS
+# The packaged rulers: name -> (network class, weight file, its SHA-256).
+RULERS = {
+    "classifier": (MnistClassifier, WEIGHTS, WEIGHTS_SHA256),
+    "mlp": (MnistMLP, WEIGHTS.with_name("mnist_mlp.pt"),
+            "77cc180b8b33a2d363cce1d5f20fd65dff6c060fff8bdbf813487a408f8e489c"),
+}
+
+
+def load_feature_network(device=None, path=None, *, ruler: str = "classifier") -> nn.Module:
+    """A packaged ruler (:data:`RULERS`) in eval mode, after checking its weight file's SHA-256."""
+    if ruler not in RULERS:
+        raise ValueError(f"unknown ruler {ruler!r}; the packaged rulers are {', '.join(RULERS)}")
+    cls, default_path, expected = RULERS[ruler]
+    path = Path(path) if path is not None else default_path
     if not path.exists():
-        raise FileNotFoundError(f"classifier weights not found at {path}; run scripts/train_mnist_classifier.py")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != WEIGHTS_SHA256:
-        raise ValueError(f"{path} has SHA-256 {digest}, expected {WEIGHTS_SHA256}: the file is corrupt or from "
-                         "another training run, and metrics computed with it would not be comparable")
-    net = MnistClassifier()
+        raise FileNotFoundError(f"{ruler} weights not found at {path}; run scripts/train_mnist_classifier.py")
+    check_sha256(path, expected, what=str(path), hint="Metrics computed with it would not be comparable.")
+    net = cls()
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.to(device if device is not None else "cpu").eval()
 
 
 @torch.no_grad()
-def extract_features(net: MnistClassifier, images: torch.Tensor, batch_size: int = 1000):
+def extract_features(net: nn.Module, images: torch.Tensor, batch_size: int = 1000):
     """``(features [N, 128], logits [N, 10])`` in float64 on the CPU, for images ``[N, 1, 28, 28]`` in [-1, 1]."""
     device = next(net.parameters()).device
     feats, logits = [], []
@@ -161,14 +197,3 @@ def class_coverage(logits: torch.Tensor) -> dict:
     p = counts.double() / counts.sum()
     entropy = (p[p > 0] * (1 / p[p > 0]).log2()).sum()  # sum p log(1/p): one class gives +0, not -0
     return {"counts": counts.tolist(), "entropy_bits": float(entropy), "max_entropy_bits": math.log2(logits.shape[1])}
-
-
-def evaluate_samples(samples: torch.Tensor, reference: torch.Tensor, net: MnistClassifier, k: int = 3) -> dict:
-    """Every metric above for generated ``samples`` against ``reference`` images (both in [-1, 1])."""
-    real_f, _ = extract_features(net, reference)
-    fake_f, fake_logits = extract_features(net, samples)
-    kid, kid_std = kernel_inception_distance(real_f, fake_f)
-    precision, recall = precision_recall(real_f, fake_f, k=k)
-    coverage = class_coverage(fake_logits)
-    return {"fid": frechet_distance(real_f, fake_f), "kid": kid, "kid_std": kid_std, "precision": precision,
-            "recall": recall, "class_entropy_bits": coverage["entropy_bits"], "class_counts": coverage["counts"]}

@@ -1,15 +1,15 @@
 """Samplers for the probability-flow ODE: Heun (Karras et al. 2022) and DPM-Solver++ (Lu et al. 2022).
 
 Deterministic sampling solves an ODE whose solutions carry the noise distribution onto the data
-distribution (Song et al. 2021b). In the variables of Karras et al. 2022, x_tilde = x_t / alpha and
-sigma = sigma_t / alpha with alpha = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t), the
-forward process reads x_tilde = x_0 + sigma eps, and the ODE is simply
+distribution (Song et al. 2021b). In the variables of Karras et al. 2022 (the book's notation page),
+x_tilde = x_t / sqrt(alpha_bar_t) and the noise level sigma = sqrt((1 - alpha_bar_t) / alpha_bar_t),
+the forward process reads x_tilde = x_0 + sigma eps, and the ODE is simply
 
     d x_tilde / d sigma = eps_hat(x_t, t)                               (Karras et al. 2022, eq. 4)
 
 DDIM with eta = 0 is Euler's method for this ODE; Heun's method adds a corrector and is second
-order. DPM-Solver++ instead integrates the linear part exactly in lambda = log(alpha / sigma_t)
-and extrapolates the network's x0_hat from the last two steps (2M, second order).
+order. DPM-Solver++ instead integrates the linear part exactly in lambda = -log sigma (half the
+log-SNR) and extrapolates the network's x0_hat from the last two steps (2M, second order).
 
 Both run on a grid of the model's own discrete timesteps (:func:`~ddpm_lib.timesteps.timestep_grid`)
 and call the network through :func:`~ddpm_lib.sampling.denoise`, like every sampler.

@@ -1,6 +1,9 @@
-"""Figures the chapters share: image grids and small animations (matplotlib only)."""
+"""Figures the chapters share: image grids and small animations (matplotlib only), and animations as
+HTML that plays offline."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import torch
@@ -74,3 +77,21 @@ def animate_grids(frames, titles=None, nrow: int = 8, interval: int = 120, size:
     animation = FuncAnimation(fig, update, frames=len(grids), interval=interval, blit=False)
     plt.close(fig)  # keep only the animation, not a stray static copy of the first frame
     return animation
+
+
+# Text symbols for the player's buttons (common glyphs), so the page needs no icon font from a CDN.
+_PLAYER_ICONS = {"fa fa-minus": "&minus;", "fa fa-fast-backward": "&laquo;", "fa fa-step-backward": "&lsaquo;",
+                 "fa fa-play fa-flip-horizontal": "&#x25C0;", "fa fa-pause": "&#x2016;", "fa fa-play": "&#x25B6;",
+                 "fa fa-step-forward": "&rsaquo;", "fa fa-fast-forward": "&raquo;", "fa fa-plus": "+"}
+
+
+def animation_html(animation, default_mode: str = "once") -> str:
+    """A matplotlib animation as self-contained HTML (every frame embedded, player controls included).
+
+    Matplotlib's ``to_jshtml`` loads an icon font from a CDN for its buttons; offline, or behind a
+    strict content policy, that request fails and the buttons are blank. We drop the link and
+    write the buttons as text symbols instead.
+    """
+    html = animation.to_jshtml(default_mode=default_mode)
+    html = re.sub(r'<link rel="stylesheet"\s*href="https://maxcdn[^"]*font-awesome[^"]*">', "", html)
+    return re.sub(r'<i class="([^"]*)"></i>', lambda m: _PLAYER_ICONS.get(m.group(1), ""), html)

@@ -87,7 +87,8 @@ def conditioned(model, y: torch.Tensor | None = None, guidance_scale: float | No
 
 
 def scales(schedule: NoiseSchedule, i: int) -> tuple[float, float]:
-    """(alpha, sigma_t) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)) at index i; (1, 0) for i = -1, the data.
+    """(sqrt(alpha_bar), sqrt(1 - alpha_bar)) at index i (the papers' alpha_t and sigma_t; the noise level
+    sigma of the notation page is their ratio); (1, 0) for i = -1, the data.
 
     Read from the schedule's square-root tables, computed in float64: 1 - alpha_bar formed from the
     float32 alpha_bar can round to 0 at small t.
@@ -161,7 +162,8 @@ def run_sampler(model, schedule: NoiseSchedule, x_T: torch.Tensor, timesteps: li
 def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, clip_x0: bool = True,
                 generator: torch.Generator | None = None, y=None, guidance_scale=None, callback=None,
                 amp: str = "off") -> torch.Tensor:
-    """Ancestral sampling, Ho et al. 2020, Algorithm 2, with sigma_t^2 = beta_tilde_t.
+    """Ancestral sampling, Ho et al. 2020, Algorithm 2, with step noise kappa_t^2 = beta_tilde_t
+    (the paper's sigma_t^2).
 
     Each step predicts x0_hat (eq. 15), optionally clips it to the data range [-1, 1], and draws
     x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat) (eqs. 6-7). Without clipping this is
@@ -188,11 +190,11 @@ def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
                 y=None, guidance_scale=None, callback=None, amp: str = "off") -> torch.Tensor:
     """DDIM sampling over a subsequence of timesteps (Song et al. 2021, eq. 12).
 
-    x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma z, with
-    sigma = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev)
-    (eq. 16). ``eta = 0`` is deterministic; ``eta = 1`` with ``num_steps = T`` is ancestral sampling
-    with the posterior variance and gives the same samples as :func:`ddpm_sample` for the same
-    generator. After the last step alpha_bar_prev = 1, so the result is x0_hat. ``spacing`` chooses
+    x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - kappa^2) eps_hat + kappa z, with
+    kappa = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev)
+    (eq. 16, where the paper writes sigma). ``eta = 0`` is deterministic; ``eta = 1`` with
+    ``num_steps = T`` is ancestral sampling with the posterior variance and gives the same samples
+    as :func:`ddpm_sample` for the same generator. After the last step alpha_bar_prev = 1, so the result is x0_hat. ``spacing`` chooses
     the timestep grid (:func:`~ddpm_lib.timesteps.timestep_grid`); ``y``, ``guidance_scale``: see
     :func:`conditioned`.
     """
@@ -214,11 +216,11 @@ def ddim_update(schedule: NoiseSchedule, *, eta: float = 0.0, generator: torch.G
 
     def update(x_t, prediction, t, i, i_prev):
         (a, s), (a_prev, s_prev) = scales(schedule, i), scales(schedule, i_prev)  # sqrt(alpha_bar), sqrt(1 - ...)
-        sigma = eta * s_prev / s * math.sqrt(max(1.0 - (a / a_prev) ** 2, 0.0))  # eq. 16
-        direction = math.sqrt(max(s_prev**2 - sigma**2, 0.0)) * prediction.eps  # "direction pointing to x_t"
+        kappa = eta * s_prev / s * math.sqrt(max(1.0 - (a / a_prev) ** 2, 0.0))  # eq. 16
+        direction = math.sqrt(max(s_prev**2 - kappa**2, 0.0)) * prediction.eps  # "direction pointing to x_t"
         x_prev = a_prev * prediction.x0 + direction  # eq. 12
         if eta > 0 and i_prev >= 0:
-            x_prev = x_prev + sigma * torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+            x_prev = x_prev + kappa * torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         return x_prev
 
     return update

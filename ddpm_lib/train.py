@@ -63,6 +63,10 @@ def learning_rate(step: int, *, lr: float, steps: int, warmup: int = 0, lr_decay
     return lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+# How a run records its precision, and the amp setting that reproduces it without measuring.
+RECORDED_AMP = {"off": "off", "bfloat16": "bf16", "float16": "fp16"}
+
+
 def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch.Tensor | None = None, *,
           steps: int, labels=None, loss_fn=None, batch_size: int = 128, lr: float = 2e-4, betas=(0.9, 0.999),
           warmup: int = 0, lr_decay: str | None = None,
@@ -83,14 +87,16 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
     - EMA: decay ``min(ema_decay, (1 + k) / (10 + k))`` at step k (:mod:`ddpm_lib.ema`).
     - ``amp``: "auto" runs the autocast type of :func:`~ddpm_lib.precision.autocast_dtype` (bf16 on
       recent GPUs and on CPUs whose bf16 units measure fast, fp16 with a gradient scaler on 7.x
-      GPUs, float32 elsewhere); "bf16", "fp16" and "off" force a choice. Under CPU autocast the
+      GPUs, float32 elsewhere), measured once and recorded, so a resumed run keeps the first
+      run's choice; "bf16", "fp16" and "off" force a choice. Under CPU autocast the
       U-Net's depthwise convolutions stay in float32 (:func:`~ddpm_lib.precision.float32_on_cpu`).
     - ``checkpoint``: a file path. If it exists, training resumes from it (the run's settings must
       match) and continues exactly as an uninterrupted run would; it is written every
       ``checkpoint_every`` steps and at the end.
     - ``callback(step, ema, losses)`` is called every ``log_every`` steps and after the last one.
     - ``channels_last``: store activations as [B, H, W, C] in memory (the tensors keep their
-      [B, C, H, W] shape); convolutions run faster that way, 1.5-1.8x on a CPU for this U-Net.
+      [B, C, H, W] shape); CPU convolutions run faster that way (the performance appendix measures
+      by how much).
     - ``compile``: run the model through ``torch.compile`` (the weights and checkpoints are unchanged).
     - Several processes: under ``torchrun`` each process trains on its share of every batch, and
       all of them take the same steps (:mod:`ddpm_lib.distributed`); process 0 logs, calls
@@ -130,8 +136,13 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
     model.to(device, memory_format=memory_format).train()
     data = data.contiguous(memory_format=memory_format)
     loss_fn = loss_fn.to(device) if hasattr(loss_fn, "to") else loss_fn
-    dtype = amp_dtype(amp, device)
-    precision = autocast(device, amp)  # entered anew every step
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    state = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
+    # "auto" is resolved once, by measuring, and recorded; a resumed run takes the recorded choice,
+    # so a busier machine whose probe now measures otherwise still resumes the same run exactly.
+    recorded = state["run"].get("amp") if state is not None and amp == "auto" else None
+    dtype = amp_dtype(RECORDED_AMP.get(recorded, amp), device)
+    precision = autocast(device, RECORDED_AMP[str(dtype).removeprefix("torch.") if dtype else "off"])
     # fp16's small range lets small gradients round to zero: scale the loss up, the gradients back down.
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     net = model  # what the objective calls; it shares its parameters with model
@@ -152,9 +163,7 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
         run.update(warmup=warmup, lr_decay=lr_decay, steps=steps)
     history, start, seconds_before = {}, 0, 0.0
 
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint)
+    if state is not None:
         check_state_dict(model, state["model"], str(checkpoint))
         changed = {k: (state["run"].get(k), v) for k, v in run.items() if state["run"].get(k) != v}
         if changed:

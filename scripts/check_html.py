@@ -5,8 +5,9 @@
 Serves the HTML on localhost and, for every page: records JavaScript console errors, uncaught
 exceptions and failed requests; checks that every image loaded; checks that every internal link
 points at an existing page and, for links with a #fragment, at an existing anchor; checks that
-every chapter page (notebooks/*) has its "Open in Colab" launch link; and saves a full-page
-screenshot to _build/screenshots/. Chromium runs offline, with a fresh profile.
+every chapter page (notebooks/*) has its "Open in Colab" launch link; checks that no code block
+(cell source, cell output or code in the text) scrolls sideways in the 1280 px wide window; and saves
+a full-page screenshot to _build/screenshots/. Chromium runs offline, with a fresh profile.
 """
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ IMAGES_SETTLED = """() => Promise.all(Array.from(document.images).map(
 # Resolves once MathJax 3 has finished its first typesetting pass.
 MATH_TYPESET = """() => (window.MathJax && window.MathJax.startup && window.MathJax.startup.promise)
     ? window.MathJax.startup.promise.then(() => true) : false"""
+
+# A laptop's window: book/_static/layout.css makes code up to about 110 characters a line fit in it.
+WINDOW = {"width": 1280, "height": 900}
+
+# The code blocks that scroll sideways in WINDOW, each as the start of its longest line.
+# Collapsed cells (hide-input, a closed <details>) are opened first, since a reader who opens one
+# meets the same code; closed dropdowns keep their content laid out at full width, so it is measured
+# as it will show. Blocks not rendered at all (display: none) have no width to measure and are skipped.
+WIDE_CODE = """() => {
+    document.querySelectorAll('details').forEach(d => { d.open = true; });
+    return Array.from(document.querySelectorAll('div.highlight pre'))
+        .filter(pre => pre.getClientRects().length && pre.scrollWidth > pre.clientWidth + 2)
+        .map(pre => pre.textContent.split('\\n').reduce((a, b) => b.length > a.length ? b : a).trim().slice(0, 60));
+}"""
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
@@ -81,7 +96,7 @@ def check(html: Path, chromium: str, shots: Path) -> list[dict]:
     try:
         with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
             browser = p.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True,
-                                                           args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 900})
+                                                           args=CHROMIUM_FLAGS, viewport=WINDOW)
             for path in pages(html):
                 rel = path.relative_to(html).as_posix()
                 problems = []
@@ -134,6 +149,8 @@ def check(html: Path, chromium: str, shots: Path) -> list[dict]:
                     page.screenshot(path=str(shot), full_page=True)
                 except Exception as error:
                     problems.append(f"no screenshot within {PAGE_TIMEOUT_MS / 1000:.0f} s: {error}")
+                # After the screenshot, which should show the page as it opens: this opens collapsed cells.
+                problems += [f"code scrolls sideways at {WINDOW['width']} px: {line!r}" for line in page.evaluate(WIDE_CODE)]
                 page.close()
                 results.append({"page": rel, "title": title, "images": page_images(html, path), "colab": colab[:1],
                                 "screenshot": str(shot), "problems": problems})

@@ -13,15 +13,32 @@ the chapters whose outputs show those very weights.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 from pathlib import Path
 
-from ddpm_lib import hub
+from ddpm_lib import files, hub
 
 ROOT = Path(__file__).resolve().parents[1]
 # name -> the chapter whose full run trains and saves it
 MODELS = {"mnist-vae": "01_vae", "mnist-gan": "02_gan", "mnist-ddpm": "06_training",
           "mnist-ddpm-cond": "10_guidance", "mnist-flow": "11_flow_matching"}
+
+
+def publish(name: str, path, *, chapter: str, registry=files.REGISTRY, folder=files.CHECKOUT_WEIGHTS) -> dict:
+    """Copy the weights file ``path`` into the repository's ``weights/`` folder as ``<name>.safetensors``
+    and record its hash in the registry that ships with the library."""
+    hub.load_weights(path)  # refuse to publish a file that does not load
+    file = f"{name}.safetensors"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, Path(folder) / file)
+    entry = {"file": file, "sha256": files.sha256_of(path), "bytes": Path(path).stat().st_size, "chapter": chapter}
+    entries = hub.read_registry(registry)
+    entries[name] = entry
+    Path(registry).write_text(json.dumps(dict(sorted(entries.items())), indent=1) + "\n")
+    hub.PUBLISHED[name] = entry
+    return entry
 
 
 def main(argv=None) -> None:
@@ -39,7 +56,7 @@ def main(argv=None) -> None:
                 raise SystemExit(f"{source} does not exist: run chapter {MODELS[name]} in full first")
             print(f"{name}: no {source}, skipped")
             continue
-        entry = hub.publish(name, source, chapter=MODELS[name])
+        entry = publish(name, source, chapter=MODELS[name])
         print(f"{name}: weights/{entry['file']}, {entry['bytes'] / 2**20:.2f} MB, sha256 {entry['sha256']}")
 
 

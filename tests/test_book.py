@@ -14,7 +14,7 @@ from ddpm_lib.vae import VAE
 PACKAGE = Path(dl.__file__).parent
 CORE = ["schedule", "diffusion", "sampling", "ode", "timesteps", "editing", "flow", "evidence", "analytic", "embedding",
         "blocks", "unet", "train", "loop", "ema", "precision", "distributed", "checkpoint", "hub", "data", "metrics",
-        "vae", "gan", "plotting", "utils"]
+        "vae", "gan", "plotting", "utils", "files", "scoring"]
 
 
 def imported_modules(name):
@@ -30,9 +30,9 @@ def imported_modules(name):
 
 
 def test_the_core_imports_nothing_from_the_book_helpers_and_the_gan_no_trainer():
-    assert sorted(CORE + ["book", "__init__"]) == sorted(p.stem for p in PACKAGE.glob("*.py"))
-    for name in CORE:
-        assert "book" not in imported_modules(name), name
+    assert sorted(CORE + ["book", "protocol", "__init__"]) == sorted(p.stem for p in PACKAGE.glob("*.py"))
+    for name in CORE:  # (protocol is the book's measuring half, re-exported by book)
+        assert not {"book", "protocol"} & imported_modules(name), name
     assert "train" not in imported_modules("gan")  # the GAN needs the shared helpers, not the DDPM loop
 
 
@@ -199,3 +199,12 @@ def test_estimate_run_scales_a_timed_probe_and_says_how_to_shorten(monkeypatch, 
     assert out[1].startswith("sampling: about 30 s on ") and "DDPM_BOOK_FRACTION" not in out[1]
     with pytest.raises(ValueError, match="probe_steps"):
         book.estimate_run(lambda k: None, 10, probe_steps=0)
+
+
+def test_publishing_table_reports_both_copies_and_what_was_published():
+    report = {"n": 400, "fd": {"float32": {"value": 91.84, "std": 7.1}, "float16": {"value": 91.9, "std": 7.12}},
+              "dtype": torch.float16, "bytes": 2 * 2**20}
+    table = book.publishing_table(report, "Heun, 20 NFE")
+    assert "FD to the held-out digits (n = 400, Heun, 20 NFE)" in table
+    assert "| float32 | 91.8 ± 7.1 |" in table and "| float16 | 91.9 ± 7.1 |" in table
+    assert "| **published** | float16, 2.00 MB |" in table

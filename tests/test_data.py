@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ddpm_lib.data as data
+import ddpm_lib.files as dl_files
 from ddpm_lib import DatasetError, from_model_range, held_out_split, load_fashion_mnist, load_mnist, to_model_range
 
 
@@ -51,7 +52,7 @@ def test_a_corrupt_file_is_refused_with_its_path(small_mnist):
     payload = bytearray(gzip.decompress(path.read_bytes()))
     payload[100] ^= 0xFF  # one flipped byte
     path.write_bytes(gzip.compress(bytes(payload)))
-    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte\.gz is corrupt: its decompressed SHA-256"):
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte\.gz \(decompressed\) is corrupt or from another run: its SHA-256"):
         load_mnist("test", root=root, download=False)
     path.write_bytes(path.read_bytes()[:50])  # a truncated download
     with pytest.raises(DatasetError, match="not a complete gzip file"):
@@ -108,10 +109,10 @@ def test_download_falls_back_to_the_mirror_when_the_first_host_serves_bad_bytes(
 
 def test_cache_location_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPM_DATA_DIR", str(tmp_path / "env"))
-    assert data.data_root(tmp_path / "arg") == tmp_path / "arg"
-    assert data.data_root() == tmp_path / "env"
+    assert dl_files.data_root(tmp_path / "arg") == tmp_path / "arg"
+    assert dl_files.data_root() == tmp_path / "env"
     monkeypatch.delenv("DDPM_DATA_DIR")
-    assert data.data_root() == Path.home() / ".cache" / "ddpm_lib"
+    assert dl_files.data_root() == Path.home() / ".cache" / "ddpm_lib"
 
 
 def test_bad_split_is_refused():

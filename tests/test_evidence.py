@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from ddpm_lib import evidence
-from ddpm_lib.evidence import (bootstrap, fd_difference, intervals_separate, nearest_distances, normal_interval,
-                               split_precision_recall, spread, undecided_fraction)
+from ddpm_lib.evidence import bootstrap, fd_difference, nearest_distances, normal_interval, undecided_fraction
 
 
 def test_bootstrap_interval_of_a_mean_matches_the_standard_error():
@@ -26,9 +25,7 @@ def test_bootstrap_interval_of_a_mean_matches_the_standard_error():
         bootstrap(lambda idx: 0.0, n, num_resamples=1)
 
 
-def test_intervals_separate_only_without_overlap():
-    a, b, c = {"low": 0.0, "high": 1.0}, {"low": 0.5, "high": 2.0}, {"low": 1.5, "high": 2.0}
-    assert not intervals_separate(a, b) and intervals_separate(a, c) and intervals_separate(c, a)
+def test_normal_interval_is_196_standard_deviations_wide():
     low, high = normal_interval(10.0, 2.0)
     assert low == pytest.approx(10 - 1.959964 * 2) and high == pytest.approx(10 + 1.959964 * 2)
 
@@ -50,33 +47,6 @@ def test_undecided_fraction_counts_grey_pixels():
     assert undecided_fraction(ink_and_paper) == 0.0
     half_grey = torch.tensor([-1.0, 0.0, 0.1, 1.0])  # 0.0 -> 0.5 and 0.1 -> 0.55 are grey
     assert undecided_fraction(half_grey) == 0.5
-
-
-def test_spread_gives_the_student_t_interval_of_a_mean():
-    # Four estimates 0.5, 0.6, 0.7, 0.8: mean 0.65, sample std sqrt(0.05 / 3) = 0.1291; with 3
-    # degrees of freedom t = 3.182, so the half-width is 3.182 * 0.1291 / sqrt(4) = 0.2054.
-    s = spread([0.5, 0.6, 0.7, 0.8])
-    assert s["value"] == pytest.approx(0.65) and s["std"] == pytest.approx(0.12910, abs=1e-5)
-    assert s["low"] == pytest.approx(0.65 - 0.2054, abs=1e-4)
-    assert s["high"] == pytest.approx(0.65 + 0.2054, abs=1e-4)
-    assert spread([0.98, 0.99, 1.0, 1.0])["high"] == 1.0  # a share cannot exceed 1
-    with pytest.raises(ValueError, match="2 to 10"):
-        spread([0.5])
-
-
-def test_split_precision_recall_scores_disjoint_parts():
-    g = torch.Generator().manual_seed(0)
-    real = torch.randn(400, 8, generator=g)
-    # Generated features far from every real one: no part lands in the real manifold, and no
-    # real feature in the generated one.
-    precision, recall = split_precision_recall(real, torch.randn(400, 8, generator=g) + 100)
-    assert precision["value"] == recall["value"] == 0.0 and precision["std"] == 0.0
-    # Draws from the same distribution: each part's precision and recall are high (balls reach
-    # to the third neighbour), the four parts agree closely, and the interval holds the mean.
-    precision, recall = split_precision_recall(real, torch.randn(400, 8, generator=g))
-    for m in (precision, recall):
-        assert 0.6 < m["value"] <= 1.0 and m["std"] < 0.1 and m["low"] <= m["value"] <= m["high"]
-    assert split_precision_recall(real, real[:12], parts=4) == (None, None)  # 3 per part, k = 3
 
 
 def test_numbers_print_to_the_precision_their_error_bar_supports():

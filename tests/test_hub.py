@@ -132,20 +132,32 @@ def test_a_weights_file_naming_no_model_is_refused(tmp_path):
         pt.load_weights(path)
 
 
+def publish_script():
+    """scripts/publish_weights.py as a module: the maintainers' step that publishes weights."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("publish_weights", dl.files.CHECKOUT_WEIGHTS.parent / "scripts"
+                                                  / "publish_weights.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def test_publish_copies_the_file_and_records_its_hash(tmp_path, monkeypatch):
     monkeypatch.setattr(pt, "PUBLISHED", {})
+    publish = publish_script().publish
     G = Generator(8, width=4)
     source = tmp_path / "run" / "g.safetensors"
     sha256 = pt.save_weights(source, G)
     registry, folder = tmp_path / "published.json", tmp_path / "weights"
-    entry = pt.publish("tiny_gan", source, chapter="02_gan", registry=registry, folder=folder)
+    entry = publish("tiny_gan", source, chapter="02_gan", registry=registry, folder=folder)
     assert entry == {"file": "tiny_gan.safetensors", "sha256": sha256, "bytes": source.stat().st_size,
                      "chapter": "02_gan"}
     assert pt.read_registry(registry) == {"tiny_gan": entry} and pt.PUBLISHED["tiny_gan"] == entry
     assert pt.sha256_of(folder / "tiny_gan.safetensors") == sha256
     (tmp_path / "junk.safetensors").write_bytes(b"not weights")
     with pytest.raises(pt.WeightsError, match="not a readable safetensors"):
-        pt.publish("junk", tmp_path / "junk.safetensors", chapter="-", registry=registry, folder=folder)
+        publish("junk", tmp_path / "junk.safetensors", chapter="-", registry=registry, folder=folder)
     registry.write_text('{"broken": {"file": "x.safetensors"}}')
     with pytest.raises(pt.WeightsError, match="lacks a file name or a SHA-256"):
         pt.read_registry(registry)
@@ -154,12 +166,7 @@ def test_publish_copies_the_file_and_records_its_hash(tmp_path, monkeypatch):
 def test_every_published_model_loads_from_the_checkout_with_its_hash():
     # The files in weights/ are what pretrained() serves offline; each must match the registry,
     # name an existing chapter, and be one that scripts/publish_weights.py knows to publish.
-    import importlib.util
-
-    script_path = pt.CHECKOUT.parent / "scripts" / "publish_weights.py"
-    spec = importlib.util.spec_from_file_location("publish_weights", script_path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = publish_script()
     registry = pt.read_registry()
     assert set(registry) == set(script.MODELS)
     for name, entry in registry.items():

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from ddpm_lib import load_mnist, to_model_range
+from ddpm_lib import held_out_split, load_mnist, to_model_range
 from ddpm_lib.metrics import (
     WEIGHTS,
     class_coverage,
@@ -139,3 +139,30 @@ def test_feature_network_is_accurate_and_mode_collapse_shows_in_recall_and_entro
     assert class_coverage(diverse_logits)["entropy_bits"] > 3.2
     assert class_coverage(ones_logits)["entropy_bits"] < 0.3
     assert frechet_distance(reference, ones_f) > 10 * frechet_distance(reference, diverse_f)
+
+
+def test_an_unknown_ruler_is_refused():
+    with pytest.raises(ValueError, match="unknown ruler 'inception'"):
+        load_feature_network(ruler="inception")
+
+
+@needs_mnist
+def test_the_independent_ruler_never_saw_the_held_out_digits_and_reads_them():
+    # The MLP trains on the book's 8,000 training digits (the script's split is the book's), so
+    # its accuracy on the 2,000 held-out digits is an accuracy on unseen digits.
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "train_mnist_classifier.py"
+    spec = importlib.util.spec_from_file_location("train_rulers", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    images, labels = load_mnist("test", download=False)
+    train, held = module.split("mlp", labels)
+    book = held_out_split(labels, seed=0)
+    assert torch.equal(train, book.train) and torch.equal(held, book.held_out)
+    assert not set(train.tolist()) & set(held.tolist())
+    net = load_feature_network(ruler="mlp")
+    feats, logits = extract_features(net, to_model_range(images[held]))
+    assert feats.shape == (len(held), 128)
+    assert (logits.argmax(1) == labels[held]).double().mean().item() >= 0.95

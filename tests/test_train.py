@@ -137,3 +137,32 @@ def test_training_applies_the_schedule_and_a_resumed_run_continues_it(tmp_path):
     train(tiny_unet(), SCHEDULE, tiny_images(), checkpoint=path, **{**kwargs, "steps": 2})
     with pytest.raises(ValueError, match="other settings"):
         train(tiny_unet(), SCHEDULE, tiny_images(), checkpoint=path, **{**kwargs, "warmup": 2})
+
+
+def test_amp_auto_is_measured_once_and_a_resume_keeps_the_recorded_choice(tmp_path, monkeypatch):
+    # "auto" measures whether bf16 pays. A run interrupted on a quiet machine must resume on a busy
+    # one whose probe now says otherwise: the resumed run takes the choice the checkpoint records,
+    # and does not measure again.
+    import sys
+
+    train_module = sys.modules["ddpm_lib.train"]  # (ddpm_lib.train is also the function's name)
+    probes = []
+
+    def probe(device, answer):
+        probes.append(answer)
+        return answer
+
+    path = tmp_path / "run.pt"
+    monkeypatch.setattr(train_module, "amp_dtype", lambda amp, device: probe(device, torch.bfloat16)
+                        if amp == "auto" else {"bf16": torch.bfloat16, "off": None}[amp])
+    model = UNet(in_channels=1, base_dim=8, dim_mults=(1, 2))
+    train(model, SCHEDULE, tiny_images(), steps=2, batch_size=4, device="cpu", progress=False,
+          checkpoint=path, checkpoint_every=1)
+    assert load_checkpoint(path)["run"]["amp"] == "bfloat16" and probes == [torch.bfloat16]
+    # the busy machine: the probe would now answer float32
+    monkeypatch.setattr(train_module, "amp_dtype", lambda amp, device: probe(device, None)
+                        if amp == "auto" else {"bf16": torch.bfloat16, "off": None}[amp])
+    result = train(UNet(in_channels=1, base_dim=8, dim_mults=(1, 2)), SCHEDULE, tiny_images(), steps=3,
+                   batch_size=4, device="cpu", progress=False, checkpoint=path, checkpoint_every=1)
+    assert probes == [torch.bfloat16]  # not measured again
+    assert load_checkpoint(path)["run"]["amp"] == "bfloat16" and len(result.losses) == 3
