@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .evidence import Estimate, half_sample_estimate, halves, undecided_fraction, verdict
+from .evidence import Estimate, half_sample_estimate, halves, undecided_fraction, verdict, wilson_interval
 from .metrics import extract_features, load_feature_network
 
 # name -> (what it measures, whether it depends on the set's size); a comparison of a
@@ -143,8 +143,6 @@ class Scorer:
         A share of successes near 100% has a standard error near zero, so its interval is the
         Wilson score interval (:func:`~ddpm_lib.evidence.wilson_interval`), which stays inside [0, 1].
         """
-        from .evidence import wilson_interval
-
         labels = torch.as_tensor(labels).cpu()
         if len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
