@@ -20,8 +20,8 @@ from torch import nn
 from .checkpoint import load_model
 from .data import held_out_split, load_mnist, to_model_range
 from .hub import pretrained
-from .protocol import (NOISE_SEEDS, Drawn, comparison_table, draw_digits, in_batches, network_calls,  # noqa: F401
-                       noise, scorer, timed)
+from .protocol import (NOISE_SEEDS, Drawn, comparison_table, draw_digits, edit_scores, in_batches,  # noqa: F401
+                       network_calls, noise, scorer, timed)
 from .utils import device_name, pick_device, seed_everything
 
 
@@ -118,6 +118,25 @@ def checkpoint_path(name: str) -> Path:
     return checkpoint_dir() / (f"{name}_smoke.pt" if smoke_mode() else f"{name}.pt")
 
 
+def fresh_checkpoint(name: str, *, resume: bool = False) -> Path:
+    """:func:`checkpoint_path` of ``name`` for a chapter's training run: an existing file is deleted
+    first, so every figure after the run comes from one complete training, unless ``resume`` asks
+    to continue an interrupted run from it (:func:`ddpm_lib.train` resumes exactly)."""
+    path = checkpoint_path(name)
+    if path.exists() and not resume:
+        path.unlink()
+    return path
+
+
+def report_training(result, *, batch_size: int, device, verb: str = "trained") -> None:
+    """Print what a :func:`ddpm_lib.train` run did: steps, images, minutes, device and final loss."""
+    import numpy as np
+
+    steps, last = len(result.losses), min(100, len(result.losses))
+    print(f"{verb} {steps:,} steps ({steps * batch_size:,} images) in {result.seconds / 60:.1f} min on "
+          f"{device_name(device)}; mean loss over the last {last} steps {np.mean(result.losses[-last:]):.4f}")
+
+
 def load_trained(name: str, *, device=None) -> tuple[nn.Module, str]:
     """The model ``name`` in eval mode: the reader's own checkpoint when a chapter saved one, else the
     published weights (:func:`ddpm_lib.pretrained`). Returns ``(model, source)`` and prints the source.
@@ -142,13 +161,12 @@ def save_for_publishing(name: str, model: nn.Module, draw, *, n: int = 1000) -> 
     the file is ``<name>_smoke.safetensors``, so a test run never overwrites a full run's file.)
 
     ``draw(model, n)`` must return ``n`` images ``[n, 1, 28, 28]`` in [-1, 1] from a fixed seed, so
-    both copies start from the same noise. Measured: the largest and mean pixel difference between
-    the two sets, and each set's FD to the held-out digits with its bootstrap standard deviation.
-    float16 is kept when the FDs differ by less than one standard deviation.
+    both copies start from the same noise. Measured, with the book's scorer: each set's FD to the
+    held-out digits, and their paired difference (float16 minus float32). float16 is kept when the
+    whole 95% interval of that difference lies within one standard error of the float32 FD: the
+    rounding then moves the FD by less than the measurement itself can resolve.
     """
-    from .evidence import bootstrap
     from .hub import load_weights, save_weights
-    from .metrics import extract_features, frechet_distance, load_feature_network
 
     device = next(model.parameters()).device
     path = checkpoint_dir() / (f"{name}_smoke.safetensors" if smoke_mode() else f"{name}.safetensors")
@@ -156,31 +174,31 @@ def save_for_publishing(name: str, model: nn.Module, draw, *, n: int = 1000) -> 
     half = load_weights(path, device=device)
     with torch.no_grad():
         full_images, half_images = draw(model, n).cpu(), draw(half, n).cpu()
-    net = load_feature_network("cpu")
-    held_out_f, _ = extract_features(net, to_model_range(digits("held_out")[0]))
-    fds = {}
-    for label, images in (("float32", full_images), ("float16", half_images)):
-        feats, _ = extract_features(net, images.clamp(-1, 1))
-        fds[label] = bootstrap(lambda idx: frechet_distance(held_out_f, feats[idx]), n, num_resamples=50)
-    std = max(fds["float32"]["std"], fds["float16"]["std"])
-    dtype = torch.float16 if abs(fds["float16"]["value"] - fds["float32"]["value"]) < std else torch.float32
+    judge = scorer()
+    full, rounded = judge.score(full_images.clamp(-1, 1)), judge.score(half_images.clamp(-1, 1))
+    change = judge.compare(rounded, full, "fd", paired=True)
+    unresolved = -full.fd.std < change.difference.low and change.difference.high < full.fd.std
+    dtype = torch.float16 if unresolved else torch.float32
     sha256 = save_weights(path, model, dtype=dtype)
     difference = (full_images - half_images).abs()
     return {"file": path, "dtype": dtype, "bytes": path.stat().st_size, "sha256": sha256, "n": n,
-            "fd": fds, "max_pixel_difference": difference.max().item(),
+            "fd": {"float32": full.fd, "float16": rounded.fd}, "change": change,
+            "max_pixel_difference": difference.max().item(),
             "mean_pixel_difference": difference.mean().item()}
 
 
 def publishing_table(report: dict, sampler: str) -> str:
     """The check of :func:`save_for_publishing`'s ``report`` as a Markdown table: each copy's FD with
-    its standard deviation, and what was published. ``sampler`` names how the digits were drawn."""
-    from .evidence import format_pm, markdown_table
+    its standard error, their paired difference, and what was published. ``sampler`` names how the
+    digits were drawn."""
+    from .evidence import format_interval, format_pm, markdown_table
 
     fd = report["fd"]
-    return markdown_table(
-        ["weights", f"FD to the held-out digits (n = {report['n']:,}, {sampler})"],
-        [["float32", format_pm(fd["float32"])], ["float16", format_pm(fd["float16"])],
-         ["**published**", f"{str(report['dtype']).removeprefix('torch.')}, {report['bytes'] / 2**20:.2f} MB"]])
+    rows = [["float32", format_pm(fd["float32"])], ["float16", format_pm(fd["float16"])]]
+    if "change" in report:
+        rows.append(["float16 − float32, paired [95%]", format_interval(report["change"].difference)])
+    rows.append(["**published**", f"{str(report['dtype']).removeprefix('torch.')}, {report['bytes'] / 2**20:.2f} MB"])
+    return markdown_table(["weights", f"FD to the held-out digits (n = {report['n']:,}, {sampler})"], rows)
 
 
 def estimate_run(run, total_steps: int, *, probe_steps: int = 10, device=None) -> float:

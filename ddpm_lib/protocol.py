@@ -104,21 +104,32 @@ def in_batches(fn, n: int, batch_size: int = 500) -> torch.Tensor:
 @dataclass
 class Drawn:
     """What :func:`draw_digits` returns: the digits, clamped to [-1, 1] on the CPU, the network
-    evaluations each digit took, and the wall time of the whole draw."""
+    evaluations each digit took, the wall time of the whole draw, and their score where a scorer
+    was given. ``drawn["score"]`` reads like ``drawn.score``."""
 
     x: torch.Tensor
     nfe: int
     seconds: float
+    score: object = None  # a ddpm_lib.Score
+
+    def __getitem__(self, key: str):
+        if key not in ("x", "nfe", "seconds", "score"):
+            raise KeyError(f"a draw has x, nfe, seconds and score, not {key!r}")
+        return getattr(self, key)
 
 
-def draw_digits(draw, n: int, *, batch_size: int = 500, device=None) -> Drawn:
+def draw_digits(draw, n: int, *, batch_size: int = 500, device=None, scorer=None) -> Drawn:
     """``draw(size, start)`` over :func:`in_batches` of ``n`` digits, timed, with its network
-    evaluations per digit counted by :func:`ddpm_lib.count_nfe` (a guided evaluation counts once)."""
+    evaluations per digit counted by :func:`ddpm_lib.count_nfe` (a guided evaluation counts once),
+    and scored by ``scorer`` (a :class:`~ddpm_lib.Scorer`) if one is given; the clock stops before
+    the scoring."""
     from .sampling import count_nfe
 
     with count_nfe() as counter:
         x, seconds = timed(lambda: in_batches(draw, n, batch_size), device)
-    return Drawn(x.clamp(-1, 1), counter.nfe // -(-n // batch_size), seconds)  # nfe per batch
+    x = x.clamp(-1, 1)
+    return Drawn(x, counter.nfe // -(-n // batch_size), seconds,  # nfe per batch
+                 scorer.score(x) if scorer is not None else None)
 
 
 def comparison_table(scorer, pairs, *, measures=("fd", "precision", "recall"), paired: bool = True,
@@ -134,9 +145,30 @@ def comparison_table(scorer, pairs, *, measures=("fd", "precision", "recall"), p
     rows = []
     for question, label_a, a, label_b, b in pairs:
         c = {m: scorer.compare(a, b, m, paired=paired) for m in measures}
-        separated = [f"{m} {c[m].verdict[2:]}" for m in measures if not c[m].verdict.startswith("indist")]
+        separated = [f"{m} {'higher' if c[m].direction > 0 else 'lower'}" for m in measures if c[m].direction]
         rows.append([question, f"{a.n:,}", f"{label_a}: {a.fd.value:.1f}", f"{label_b}: {b.fd.value:.1f}",
                      *(format_interval(c[m].difference) for m in measures),
                      "A: " + ", ".join(separated) if separated else "indistinguishable"])
     header = ["comparison", "n", "A: FD", "B: FD", *(f"{m}, A − B [95%]" for m in measures), "separated"]
     return markdown_table(header, rows, caption)
+
+
+def edit_scores(x: torch.Tensor, guide: torch.Tensor, labels, *, realism, reader=None) -> dict:
+    """How an edit of ``guide`` into ``x`` (both ``[n, 1, 28, 28]`` in [-1, 1]) scores, each number
+    an :class:`~ddpm_lib.evidence.Estimate` or interval under the book's rule:
+
+    - ``rms``: faithfulness, the RMS pixel distance to the guide on [0, 1] (an average over digits,
+      so its standard error is the digits' spread over sqrt(n), what the rule's halves give);
+    - ``kept``: the share that ``reader`` (default: :func:`scorer`) reads as ``labels``;
+    - ``precision``: realism, by the :class:`~ddpm_lib.Scorer` ``realism``.
+    """
+    from .evidence import Estimate
+
+    x, guide = x.clamp(-1, 1).cpu(), guide.cpu()
+    if x.shape != guide.shape:
+        raise ValueError(f"an edit and its guide must have the same shape, got {tuple(x.shape)} and "
+                         f"{tuple(guide.shape)}")
+    rms = ((x - guide) / 2).square().flatten(1).mean(1).sqrt()  # [n], on [0, 1]
+    reader = reader if reader is not None else scorer()
+    return {"rms": Estimate(rms.mean().item(), rms.std().item() / len(x) ** 0.5),
+            "kept": reader.accuracy(x, labels), "precision": realism.score(x).precision}

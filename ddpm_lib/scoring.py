@@ -68,6 +68,11 @@ class Comparison:
     paired: bool
     verdict: str
 
+    @property
+    def direction(self) -> int:
+        """+1 where A is higher by the rule, -1 where lower, 0 where the two are indistinguishable."""
+        return (self.difference.low > 0) - (self.difference.high < 0)
+
 
 class Scorer:
     """Scores digits ``[n, 1, 28, 28]`` in [-1, 1] against ``reference`` digits in the same range.

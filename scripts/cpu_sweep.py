@@ -6,17 +6,17 @@
 
 Each configuration trains for a budget of wall-clock minutes on the 8,000 training digits
 (``book.digits("train")``); its steps are set from its own speed, measured on this machine just
-before it starts. The EMA weights are then scored the way chapters 6 and 9 score the
-unconditional model: 1,000 digits drawn with DDIM (50 steps, eta 0), their Frechet distance (FD)
-to the 2,000 held-out digits in the features of the book's MNIST classifier, with the standard
-deviation of FD over bootstrap resamples of the generated set (the figure shows value +/- 1.96 of
-them). A full run's final (raw) weights are scored the same way, with the paired difference
-between the two. ``--rescore`` adds that to full runs made before it was measured, draws the full
+before it starts. The EMA weights are then scored by the book's scorer (``dl.book.scorer()``),
+as every chapter scores a model: 1,000 digits drawn with DDIM (50 steps, eta 0), their Frechet
+distance (FD) to the 2,000 held-out digits in the features of the book's MNIST classifier, with
+its standard error and 95% interval under the book's one rule (random halves). A full run's final
+(raw) weights are scored the same way, with the paired difference between the two. ``--rescore`` adds that to full runs made before it was measured, draws the full
 runs' digits again from the same starting noise with the ancestral sampler (eta 1, same 50 steps),
 the best sampler at 50 evaluations in chapter 8, and scores chapter 6's published model with both
 samplers. The real-versus-real floor is measured the same way (1,000 training digits against the
 held-out ones). Results accumulate in
-``book/data/cpu_sweep.json`` (a run that stops resumes where it left off: training from its
+``book/data/cpu_sweep.json`` under one protocol (:data:`PROTOCOL`; a file measured under another
+is refused, never mixed with) (a run that stops resumes where it left off: training from its
 checkpoint, finished scores from the file), which the performance appendix plots. Each run records
 the machine and the precision it trained in; a configuration already scored on one machine is run
 again on another, not skipped. Configurations R, T and U train the peer of the CPU benchmark,
@@ -38,8 +38,6 @@ import torch
 import ddpm_lib as dl
 from ddpm_lib import book
 from ddpm_lib.checkpoint import load_checkpoint
-from ddpm_lib.evidence import bootstrap, fd_difference
-from ddpm_lib.metrics import extract_features, frechet_distance, load_feature_network
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))  # the benchmark's peer network and its dl.train timing
@@ -48,6 +46,8 @@ from train_throughput import diffusers_unet, train_seconds  # noqa: E402
 RESULTS = ROOT / "book" / "data" / "cpu_sweep.json"
 SHORT_MINUTES, FULL_MINUTES = 5.0, 15.0
 N_SAMPLES, SAMPLE_SEED = 1000, 1234
+PROTOCOL = (f"FD of {N_SAMPLES} DDIM-50 samples against the 2,000 held-out digits by dl.book.scorer(): the "
+            "classifier trained on the book's training digits, 95% intervals from random halves")
 
 
 def here() -> dict:
@@ -161,9 +161,9 @@ def save_results(results: dict) -> None:
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
 
 
-def fd_with_interval(real_f: torch.Tensor, fake_f: torch.Tensor) -> dict:
-    """FD of the two feature sets, with a 95% percentile interval from resampling the fake set."""
-    return bootstrap(lambda idx: frechet_distance(real_f, fake_f[idx]), len(fake_f), num_resamples=100)
+def fd_of(score) -> dict:
+    """A score's FD as the JSON record: value, standard error and 95% interval."""
+    return {key: score.fd[key] for key in ("value", "std", "low", "high")}
 
 
 def images_per_second(model_args: dict, batch_size: int, steps: int = 20, amp: str = "auto") -> float:
@@ -174,10 +174,10 @@ def images_per_second(model_args: dict, batch_size: int, steps: int = 20, amp: s
     return batch_size / seconds
 
 
-def draw_features(model, net, eta: float = 0.0) -> tuple[torch.Tensor, float]:
-    """Features of N_SAMPLES digits drawn with 50 sampler steps from the sweep's fixed x_T, and
-    the sampling time: eta 0 is DDIM (the sweep's protocol), eta 1 the ancestral sampler on the
-    same uniform grid, the best sampler at 50 evaluations in the book's sampler lab (chapter 8)."""
+def draw(model, eta: float = 0.0) -> tuple[torch.Tensor, float]:
+    """N_SAMPLES digits drawn with 50 sampler steps from the sweep's fixed x_T, and the sampling
+    time: eta 0 is DDIM (the sweep's protocol), eta 1 the ancestral sampler on the same uniform
+    grid, the best sampler at 50 evaluations in the book's sampler lab (chapter 8)."""
     schedule = dl.cosine_schedule(1000)
     model = model.to(memory_format=torch.channels_last).eval()
     g = torch.Generator().manual_seed(SAMPLE_SEED)
@@ -186,31 +186,32 @@ def draw_features(model, net, eta: float = 0.0) -> tuple[torch.Tensor, float]:
     samples = torch.cat([dl.ddim_sample(model, schedule, x, num_steps=50, eta=eta,
                                         generator=torch.Generator().manual_seed(SAMPLE_SEED + k))
                          for k, x in enumerate(x_T.split(250))])
-    seconds = time.perf_counter() - start
-    return extract_features(net, samples.clamp(-1, 1))[0], seconds
+    return samples.clamp(-1, 1), time.perf_counter() - start
 
 
-def score(model, held_out_f: torch.Tensor, net, eta: float = 0.0) -> dict:
-    """FD of the digits of :func:`draw_features` against the held-out features, and the sampling time."""
-    fake_f, seconds = draw_features(model, net, eta)
-    return {**fd_with_interval(held_out_f, fake_f), "sample_seconds": seconds}
+def score(model, judge, eta: float = 0.0) -> dict:
+    """FD of the digits of :func:`draw` by the scorer ``judge``, and the sampling time."""
+    samples, seconds = draw(model, eta)
+    return {**fd_of(judge.score(samples)), "sample_seconds": seconds}
 
 
-def final_against_ema(final, ema_f: torch.Tensor, held_out_f, net) -> dict:
+def final_against_ema(final, ema_score, judge) -> dict:
     """The final (raw) weights scored like the EMA ones, and the paired difference FD(final) - FD(EMA).
 
     The learning rate decays to zero by the last step, so the raw weights have stopped moving
     while an EMA of decay 0.998 still averages the last ~500 steps, made with larger steps: which
     samples better is a measurement, not a rule. Both draw from the same x_T, so the difference,
-    bootstrapped on the same indices, is much sharper than either FD. ``ema_f``: the EMA weights'
-    digits from :func:`draw_features`, drawn once for both scores.
+    taken on the same halves, is much sharper than either FD. ``ema_score``: the EMA weights'
+    score of their digits from :func:`draw`, drawn once for both.
     """
-    final_f, seconds = draw_features(final, net)
-    return {"fd_final": {**fd_with_interval(held_out_f, final_f), "sample_seconds": seconds},
-            "final_minus_ema": fd_difference(held_out_f, final_f, ema_f)}
+    samples, seconds = draw(final)
+    final_score = judge.score(samples)
+    change = judge.compare(final_score, ema_score, "fd", paired=True).difference
+    return {"fd_final": {**fd_of(final_score), "sample_seconds": seconds},
+            "final_minus_ema": {key: change[key] for key in ("value", "std", "low", "high")}}
 
 
-def run(name: str, minutes: float, results: dict, workdir: Path, held_out_f, net) -> None:
+def run(name: str, minutes: float, results: dict, workdir: Path, judge) -> None:
     model_args, train_args, loss_args = CONFIGS[name]
     label, place = "full" if minutes == FULL_MINUTES else "short", place_of(train_args)
     if any(r["config"] == name and r["length"] == label and same_place(r, place) for r in results["runs"]):
@@ -230,8 +231,9 @@ def run(name: str, minutes: float, results: dict, workdir: Path, held_out_f, net
                       lr_decay="cosine", device="cpu", progress=False,
                       checkpoint=workdir / f"{slug(name, label, place)}.pt",
                       checkpoint_every=200, log_every=50, **train_args)
-    ema_f, seconds = draw_features(result.ema, net)
-    fd = {**fd_with_interval(held_out_f, ema_f), "sample_seconds": seconds}
+    samples, seconds = draw(result.ema)
+    ema_score = judge.score(samples)
+    fd = {**fd_of(ema_score), "sample_seconds": seconds}
     results["runs"].append({"config": name, "length": label, **place, "minutes": result.seconds / 60, "steps": steps,
                             "images_seen": steps * train_args["batch_size"], "images_per_s": speed,
                             "params": sum(p.numel() for p in model.parameters()), "model": model_args,
@@ -241,7 +243,7 @@ def run(name: str, minutes: float, results: dict, workdir: Path, held_out_f, net
     print(f"  FD {fd['value']:.1f} [{fd['low']:.1f}, {fd['high']:.1f}] after {result.seconds / 60:.1f} min; "
           f"sampling {fd['sample_seconds']:.0f} s", flush=True)
     if label == "full":
-        results["runs"][-1].update(final_against_ema(model, ema_f, held_out_f, net))
+        results["runs"][-1].update(final_against_ema(model, ema_score, judge))
         save_results(results)
         report_final(results["runs"][-1])
 
@@ -253,7 +255,7 @@ def report_final(r: dict) -> None:
           flush=True)
 
 
-def rescore(results: dict, workdir: Path, held_out_f, net) -> None:
+def rescore(results: dict, workdir: Path, judge) -> None:
     """Score each full run's EMA weights, from its checkpoint, with the ancestral sampler too, and
     its final weights against its EMA ones; and chapter 6's published model with both samplers."""
     for r in results["runs"]:
@@ -261,8 +263,8 @@ def rescore(results: dict, workdir: Path, held_out_f, net) -> None:
         if r["length"] != "full" or "fd_final" in r or not same_place(r, place):
             continue
         path = workdir / f"{slug(r['config'], 'full', place)}.pt"
-        ema_f, _ = draw_features(load_run(r, path), net)
-        r.update(final_against_ema(load_run(r, path, ema=False), ema_f, held_out_f, net))
+        ema_score = judge.score(draw(load_run(r, path))[0])
+        r.update(final_against_ema(load_run(r, path, ema=False), ema_score, judge))
         save_results(results)
         report_final(r)
     for r in results["runs"]:
@@ -272,14 +274,14 @@ def rescore(results: dict, workdir: Path, held_out_f, net) -> None:
         results["protocol_ancestral"] = ("fd_ancestral: the same, drawn from the same x_T with the ancestral "
                                          "sampler (DDIM eta 1, 50 steps on the uniform grid)")
         path = workdir / f"{slug(r['config'], 'full', place)}.pt"
-        r["fd_ancestral"] = score(load_run(r, path), held_out_f, net, eta=1.0)
+        r["fd_ancestral"] = score(load_run(r, path), judge, eta=1.0)
         save_results(results)
         print(f"{r['config']} (full): ancestral-50 FD {r['fd_ancestral']['value']:.1f} "
               f"+/- {r['fd_ancestral']['std']:.1f} (DDIM-50: {r['fd']['value']:.1f})", flush=True)
     if "published" not in results:  # chapter 6's published model, configuration E trained again
         model = dl.pretrained("mnist-ddpm")
-        results["published"] = {"model": "mnist-ddpm", "fd": score(model, held_out_f, net),
-                                "fd_ancestral": score(model, held_out_f, net, eta=1.0)}
+        results["published"] = {"model": "mnist-ddpm", "fd": score(model, judge),
+                                "fd_ancestral": score(model, judge, eta=1.0)}
         save_results(results)
     fd, anc = results["published"]["fd"], results["published"]["fd_ancestral"]
     print(f"published mnist-ddpm: DDIM-50 FD {fd['value']:.1f} +/- {fd['std']:.1f}, "
@@ -298,33 +300,28 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    net = load_feature_network("cpu")
-    held_out, _ = book.digits("held_out")
-    held_out_f, _ = extract_features(net, dl.to_model_range(held_out))
+    judge = book.scorer()  # the book's scorer, against the held-out digits
     results = load_results()
+    if results.get("protocol", PROTOCOL) != PROTOCOL:
+        raise SystemExit(f"{RESULTS} was measured under another protocol ({results['protocol']!r}); "
+                         "its numbers do not mix with this one's: move it aside to start a new sweep")
     if "floor" not in results:
         train_digits, _ = book.digits("train")
-        real_f, _ = extract_features(net, dl.to_model_range(train_digits[:N_SAMPLES]))
-        results["floor"] = fd_with_interval(held_out_f, real_f)
-        results["protocol"] = (f"FD of {N_SAMPLES} DDIM-50 samples against {len(held_out)} held-out digits, "
-                               "features of the book's MNIST classifier, 95% bootstrap interval")
+        results["floor"] = fd_of(judge.score(dl.to_model_range(train_digits[:N_SAMPLES])))
+        results["protocol"] = PROTOCOL
         save_results(results)
     if "floor_subsets" not in results:
-        # The bootstrap's resamples repeat digits, which shrinks their covariance and biases FD
-        # upwards, so its percentile interval can miss the value itself. Disjoint sets of 1,000
-        # training digits show the real spread of FD at this n.
+        # Disjoint sets of 1,000 training digits: the real spread of FD at this n, against which
+        # the rule's standard error can be checked.
         train_digits, _ = book.digits("train")
-        fds = []
-        for part in dl.to_model_range(train_digits).split(N_SAMPLES):
-            if len(part) == N_SAMPLES:
-                fds.append(frechet_distance(held_out_f, extract_features(net, part)[0]))
-        fds = torch.tensor(fds, dtype=torch.float64)
+        parts = [p for p in dl.to_model_range(train_digits).split(N_SAMPLES) if len(p) == N_SAMPLES]
+        fds = torch.tensor([judge.score(p).fd.value for p in parts], dtype=torch.float64)
         results["floor_subsets"] = {"values": fds.tolist(), "mean": float(fds.mean()), "std": float(fds.std())}
         save_results(results)
     print(f"floor: FD {results['floor']['value']:.1f}; over disjoint sets "
           f"{results['floor_subsets']['mean']:.1f} +/- {results['floor_subsets']['std']:.1f}", flush=True)
     if args.rescore:
-        rescore(results, workdir, held_out_f, net)
+        rescore(results, workdir, judge)
         return
     if args.full is None:
         names = [n for n in CONFIGS if args.short is None or n.split(":")[0] in args.short]
@@ -333,7 +330,7 @@ def main(argv=None) -> None:
         names = [n for n in CONFIGS if n.split(":")[0] in args.full]
         minutes = FULL_MINUTES
     for name in names:
-        run(name, minutes, results, workdir, held_out_f, net)
+        run(name, minutes, results, workdir, judge)
 
 
 if __name__ == "__main__":

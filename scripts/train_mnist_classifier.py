@@ -2,14 +2,10 @@
 
     python scripts/train_mnist_classifier.py [classifier|mlp]
 
-Two rulers (ddpm_lib.metrics.RULERS): the CNN ``classifier`` and the independent ``mlp``. Each
-trains on 8,000 digits of the MNIST test split, the split every chapter of the book uses, and
-reports its accuracy on the 2,000 digits it never saw:
-
-- ``mlp`` trains on the book's 8,000 training digits (``ddpm_lib.held_out_split``), so it never
-  sees the held-out digits the chapters judge against;
-- ``classifier`` trains on the first 8,000 digits of the file, the set its packaged weights came
-  from; these include 1,593 of the book's 2,000 held-out digits.
+Two rulers (ddpm_lib.metrics.RULERS): the CNN ``classifier`` and the independent ``mlp``. Both
+train on the book's 8,000 training digits of the MNIST test split (``ddpm_lib.held_out_split``,
+the split every chapter uses), so neither ever sees the 2,000 held-out digits that the chapters
+judge against, and each reports its accuracy on those 2,000.
 
 Everything is seeded, so a run on the same software reproduces the same weights (another CPU may
 round differently). The file goes to ddpm_lib/weights/; its SHA-256 must then be copied into
@@ -36,10 +32,8 @@ def shift(x, g):
     return padded[:, :, dy:dy + 28, dx:dx + 28]
 
 
-def split(ruler, labels):
-    """(training indices, held-out indices) into MNIST's test split for ``ruler``."""
-    if ruler == "classifier":
-        return torch.arange(8000), torch.arange(8000, len(labels))
+def split(labels):
+    """(training indices, held-out indices) into MNIST's test split: the book's split."""
     book = dl.held_out_split(labels, seed=0)  # the split of dl.book.digits
     return book.train, book.held_out
 
@@ -52,7 +46,7 @@ def main(ruler="classifier"):
     torch.use_deterministic_algorithms(True)
     images, labels = dl.load_mnist("test")
     x = dl.to_model_range(images)
-    train, held = split(ruler, labels)
+    train, held = split(labels)
     x_train, y_train, x_test, y_test = x[train], labels[train], x[held], labels[held]
     n = len(x_train)
     net = cls()

@@ -164,6 +164,7 @@ def test_save_for_publishing_keeps_float16_only_when_the_samples_are_unchanged(t
     # Held-out digits: noise images, enough for a 128-dimensional covariance.
     real = (torch.rand(300, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     monkeypatch.setattr(b, "digits", lambda part: (real, torch.zeros(300, dtype=torch.long)))
+    monkeypatch.setattr(dl.protocol, "_SCORERS", {})  # a scorer built on these stand-in digits
     torch.manual_seed(0)
     G = Generator(8, width=4)
 
@@ -171,9 +172,11 @@ def test_save_for_publishing_keeps_float16_only_when_the_samples_are_unchanged(t
         return gan_sample(model, n, generator=torch.Generator().manual_seed(1))
 
     report = b.save_for_publishing("g", G, draw, n=300)
-    # float16 moves each weight by at most 2^-11 of itself, so the images barely move and the FDs
-    # agree far inside their bootstrap spread: float16 is kept.
+    # float16 moves each weight by at most 2^-11 of itself, so the images barely move and the paired
+    # change of FD lies far inside the FD's own standard error: float16 is kept.
     assert report["dtype"] == torch.float16 and report["max_pixel_difference"] < 1e-2
+    change = report["change"].difference
+    assert report["change"].paired and abs(change.high - change.low) < report["fd"]["float32"].std
     assert report["file"] == tmp_path / "g.safetensors" and report["sha256"] == dl.hub.sha256_of(report["file"])
     assert set(report["fd"]) == {"float32", "float16"}
 
@@ -202,9 +205,11 @@ def test_estimate_run_scales_a_timed_probe_and_says_how_to_shorten(monkeypatch, 
 
 
 def test_publishing_table_reports_both_copies_and_what_was_published():
+    change = dl.Comparison("fd", dl.evidence.Estimate(0.06, 0.02), True, "A higher")
     report = {"n": 400, "fd": {"float32": {"value": 91.84, "std": 7.1}, "float16": {"value": 91.9, "std": 7.12}},
-              "dtype": torch.float16, "bytes": 2 * 2**20}
+              "change": change, "dtype": torch.float16, "bytes": 2 * 2**20}
     table = book.publishing_table(report, "Heun, 20 NFE")
     assert "FD to the held-out digits (n = 400, Heun, 20 NFE)" in table
     assert "| float32 | 91.8 ± 7.1 |" in table and "| float16 | 91.9 ± 7.1 |" in table
+    assert "| float16 − float32, paired [95%] | 0.060 [0.021, 0.099] |" in table
     assert "| **published** | float16, 2.00 MB |" in table

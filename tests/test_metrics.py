@@ -147,9 +147,12 @@ def test_an_unknown_ruler_is_refused():
 
 
 @needs_mnist
-def test_the_independent_ruler_never_saw_the_held_out_digits_and_reads_them():
-    # The MLP trains on the book's 8,000 training digits (the script's split is the book's), so
-    # its accuracy on the 2,000 held-out digits is an accuracy on unseen digits.
+@pytest.mark.parametrize("ruler, min_accuracy", [("classifier", 0.98), ("mlp", 0.95)])
+def test_each_ruler_never_saw_the_held_out_digits_and_reads_them(ruler, min_accuracy):
+    # Both rulers train on the book's 8,000 training digits (the script's split is the book's), so
+    # an accuracy on the 2,000 held-out digits is an accuracy on unseen digits. The bars are a
+    # little under what the seeded runs reach (CNN above 98.5%, MLP 96.5%): another CPU rounds
+    # differently, but a ruler that had not learned digits would fall far below either.
     import importlib.util
     from pathlib import Path
 
@@ -158,11 +161,11 @@ def test_the_independent_ruler_never_saw_the_held_out_digits_and_reads_them():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     images, labels = load_mnist("test", download=False)
-    train, held = module.split("mlp", labels)
+    train, held = module.split(labels)
     book = held_out_split(labels, seed=0)
     assert torch.equal(train, book.train) and torch.equal(held, book.held_out)
     assert not set(train.tolist()) & set(held.tolist())
-    net = load_feature_network(ruler="mlp")
+    net = load_feature_network(ruler=ruler)
     feats, logits = extract_features(net, to_model_range(images[held]))
-    assert feats.shape == (len(held), 128)
-    assert (logits.argmax(1) == labels[held]).double().mean().item() >= 0.95
+    assert feats.shape[0] == len(held) and feats.ndim == 2
+    assert (logits.argmax(1) == labels[held]).double().mean().item() >= min_accuracy

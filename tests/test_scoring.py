@@ -168,6 +168,33 @@ def test_network_calls_run_the_model_k_times():
     assert calls == [(3, 0.5, True)] * 4
 
 
+def test_a_draw_counts_evaluations_per_digit_and_is_scored_by_the_scorer_given():
+    # DDIM with 3 steps evaluates the network 3 times a digit, whether 100 digits come in three
+    # batches or one: the count is per digit. The score is the scorer's own score of the clamped
+    # digits, so a draw and a direct score agree exactly.
+    class Zero(nn.Module):  # predicts no noise
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, t):
+            return torch.zeros_like(x)
+
+    schedule = dl.cosine_schedule(T=100)
+    scorer = Scorer(digits(200, seed=1), net=PixelFeatures(), num_halves=5)
+
+    def draw(n, start):  # times 3, outside [-1, 1]: the draw clamps
+        return 3 * dl.ddim_sample(Zero(), schedule, dl.book.noise("unconditional", n, start=start), num_steps=3)
+
+    drawn = dl.book.draw_digits(draw, 100, batch_size=40, scorer=scorer)
+    assert drawn.nfe == 3 and drawn.x.shape == (100, 1, 28, 28) and drawn.x.abs().max() <= 1
+    assert drawn["score"].fd.value == scorer.score(drawn.x).fd.value and drawn.seconds > 0
+    assert dl.book.draw_digits(draw, 100, batch_size=100).nfe == 3
+    assert dl.book.draw_digits(draw, 10, batch_size=40).score is None
+    with pytest.raises(KeyError, match="not 'images'"):
+        drawn["images"]
+
+
 def test_class_scorer_averages_classes_and_adds_their_errors_in_quadrature():
     # Two classes with their own references: class 0 drawn like its reference, class 1 shifted.
     # The mean over classes of each measure is the plain average, and since the classes hold
