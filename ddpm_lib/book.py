@@ -20,8 +20,8 @@ from torch import nn
 from .checkpoint import load_model
 from .data import held_out_split, load_mnist, to_model_range
 from .hub import pretrained
-from .protocol import (NOISE_SEEDS, Drawn, comparison_table, draw_digits, edit_scores, in_batches,  # noqa: F401
-                       network_calls, noise, scorer, timed)
+from .protocol import (NOISE_SEEDS, Drawn, comparison_table, conditional_scores, draw_digits,  # noqa: F401
+                       edit_scores, in_batches, network_calls, noise, scorer, timed)
 from .utils import device_name, pick_device, seed_everything
 
 

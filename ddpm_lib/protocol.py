@@ -172,3 +172,15 @@ def edit_scores(x: torch.Tensor, guide: torch.Tensor, labels, *, realism, reader
     reader = reader if reader is not None else scorer()
     return {"rms": Estimate(rms.mean().item(), rms.std().item() / len(x) ** 0.5),
             "kept": reader.accuracy(x, labels), "precision": realism.score(x).precision}
+
+
+def conditional_scores(x: torch.Tensor, labels: torch.Tensor, *, pooled, by_class) -> dict:
+    """How digits drawn for requested ``labels`` score: ``pooled`` (a :class:`~ddpm_lib.Scorer`)
+    against all reference digits, ``by_class`` (a :class:`~ddpm_lib.ClassScorer`) class by class,
+    and the share that ``pooled``'s feature network reads as the requested digit. Returns the
+    pooled score ("score", "pooled FD"), the per-class scores ("classes"), "accuracy" (Wilson
+    interval) and the class-wise means "class FD", "precision" and "recall"."""
+    score, per_class = pooled.score(x), by_class.score(x, labels)
+    return {"score": score, "classes": per_class, "accuracy": pooled.accuracy(x, labels), "pooled FD": score.fd,
+            "class FD": by_class.mean(per_class, "fd"), "precision": by_class.mean(per_class, "precision"),
+            "recall": by_class.mean(per_class, "recall")}
