@@ -12,7 +12,8 @@ Both reuse the samplers' machinery (:func:`~ddpm_lib.sampling.denoise` and the D
   the input against realism.
 
 Both are stochastic by default (``eta = 1``, ancestral steps), as in the papers, and take
-``generator`` for reproducible draws, ``y`` and ``guidance_scale`` for a class-conditional model.
+``generator`` for reproducible draws and the samplers' shared options (:mod:`ddpm_lib.sampling`:
+``clip_x0``, ``y`` and ``guidance_scale`` for a class-conditional model, ``amp``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import math
 import torch
 
 from .diffusion import q_sample
-from .sampling import conditioned, ddim_update, denoise, run_sampler, scales
+from .sampling import ddim_update, denoise, run_sampler, sampler_options, scales
 from .schedule import NoiseSchedule
 from .timesteps import ddim_timesteps, timestep_grid
 
@@ -38,8 +39,8 @@ def _check_image(x: torch.Tensor, name: str) -> None:
 
 @torch.no_grad()
 def inpaint(model, schedule: NoiseSchedule, x0_known: torch.Tensor, mask: torch.Tensor, *, num_steps: int = 100,
-            eta: float = 1.0, resample: int = 1, clip_x0: bool = True, generator: torch.Generator | None = None,
-            y=None, guidance_scale=None, amp: str = "off") -> torch.Tensor:
+            eta: float = 1.0, resample: int = 1, generator: torch.Generator | None = None,
+            **options) -> torch.Tensor:
     """Complete ``x0_known`` [B, C, H, W] where ``mask`` is 0; keep it where ``mask`` is 1.
 
     ``mask`` holds 0s and 1s and broadcasts against ``x0_known`` ([1, 1, H, W] for one mask for
@@ -64,7 +65,7 @@ def inpaint(model, schedule: NoiseSchedule, x0_known: torch.Tensor, mask: torch.
         raise ValueError("mask must hold only 0 (to fill in) and 1 (known)")
     if not isinstance(resample, int) or resample < 1:
         raise ValueError(f"resample must be a positive integer, got {resample!r}")
-    model = conditioned(model, y, guidance_scale)
+    options = sampler_options(options)
     update = ddim_update(schedule, eta=eta, generator=generator)
     grid = timestep_grid(schedule, num_steps)
     x = _noise_like(x0_known, generator)  # x_T: pure noise everywhere
@@ -72,7 +73,7 @@ def inpaint(model, schedule: NoiseSchedule, x0_known: torch.Tensor, mask: torch.
         i_prev = grid[k + 1] if k + 1 < len(grid) else -1
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         for r in range(resample):
-            generated = update(x, denoise(model, schedule, x, t, clip_x0=clip_x0, amp=amp), t, i, i_prev)
+            generated = update(x, denoise(model, schedule, x, t, **options), t, i, i_prev)
             known = x0_known if i_prev < 0 else q_sample(schedule, x0_known, i_prev, _noise_like(x, generator))[0]
             x_prev = mask * known + (1 - mask) * generated
             if r + 1 < resample and i_prev >= 0:  # back up from i_prev to i: q(x_i | x_i_prev)
@@ -87,8 +88,7 @@ def inpaint(model, schedule: NoiseSchedule, x0_known: torch.Tensor, mask: torch.
 
 @torch.no_grad()
 def sdedit(model, schedule: NoiseSchedule, x_guide: torch.Tensor, *, strength: float = 0.5, num_steps: int = 50,
-           eta: float = 1.0, clip_x0: bool = True, generator: torch.Generator | None = None, y=None,
-           guidance_scale=None, amp: str = "off") -> torch.Tensor:
+           eta: float = 1.0, generator: torch.Generator | None = None, **options) -> torch.Tensor:
     """Make a realistic image out of ``x_guide`` [B, C, H, W]: noise it, then denoise (SDEdit).
 
     ``strength`` in [0, 1] is the share of the diffusion to run again: the guide is noised with
@@ -103,5 +103,4 @@ def sdedit(model, schedule: NoiseSchedule, x_guide: torch.Tensor, *, strength: f
     t0 = round(strength * (schedule.T - 1))
     grid = ddim_timesteps(t0 + 1, min(num_steps, t0 + 1))  # evenly spaced from t0 down to 0
     x_t0, _ = q_sample(schedule, x_guide, t0, _noise_like(x_guide, generator))  # eq. 4
-    return run_sampler(conditioned(model, y, guidance_scale), schedule, x_t0, grid,
-                       ddim_update(schedule, eta=eta, generator=generator), clip_x0=clip_x0, amp=amp)
+    return run_sampler(model, schedule, x_t0, grid, ddim_update(schedule, eta=eta, generator=generator), **options)

@@ -21,14 +21,14 @@ import math
 
 import torch
 
-from .sampling import conditioned, denoise, run_sampler, scales
+from .sampling import denoise, run_sampler, sampler_options, scales
 from .schedule import NoiseSchedule
 from .timesteps import timestep_grid
 
 
 @torch.no_grad()
 def heun_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps: int = 18, spacing: str = "uniform",
-                clip_x0: bool = True, y=None, guidance_scale=None, callback=None, amp: str = "off") -> torch.Tensor:
+                callback=None, **options) -> torch.Tensor:
     """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1).
 
     Between two grid points it takes an Euler step, evaluates the network at the end, and replaces
@@ -36,10 +36,10 @@ def heun_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
     (Algorithm 1, line 7). So is the first, out of the noisiest timestep: there sigma can be huge
     (about 2e4 at T under the cosine schedule, against Karras et al.'s 80), and the trapezoid would
     multiply the difference of two slopes by it. That makes 2 * num_steps - 2 network evaluations
-    (1 for a single step). ``clip_x0``: see :func:`~ddpm_lib.ode.dpm_solver_sample`.
-    ``y``, ``guidance_scale``: see :func:`~ddpm_lib.sampling.conditioned`.
+    (1 for a single step). ``options``: the samplers' shared options (:mod:`ddpm_lib.sampling`);
+    on ``clip_x0`` see :func:`~ddpm_lib.ode.dpm_solver_sample`.
     """
-    model = conditioned(model, y, guidance_scale)
+    options = sampler_options(options)  # the second evaluation of a step takes them too
     grid = timestep_grid(schedule, num_steps, spacing)
 
     def update(x_t, prediction, t, i, i_prev):
@@ -54,16 +54,15 @@ def heun_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
         euler = scale * x_t + h * prediction.eps  # [B, C, H, W]
         if i == grid[0]:
             return euler
-        slope_next = denoise(model, schedule, euler, torch.full_like(t, i_prev), clip_x0=clip_x0, amp=amp).eps
+        slope_next = denoise(model, schedule, euler, torch.full_like(t, i_prev), **options).eps
         return scale * x_t + h * 0.5 * (prediction.eps + slope_next)  # the trapezoid
 
-    return run_sampler(model, schedule, x_T, grid, update, clip_x0=clip_x0, callback=callback, amp=amp)
+    return run_sampler(model, schedule, x_T, grid, update, callback=callback, **options)
 
 
 @torch.no_grad()
 def dpm_solver_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps: int = 20, order: int = 2,
-                      spacing: str = "uniform", clip_x0: bool = True, y=None, guidance_scale=None,
-                      callback=None, amp: str = "off") -> torch.Tensor:
+                      spacing: str = "uniform", callback=None, **options) -> torch.Tensor:
     """DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Algorithm 2), multistep, order 1 or 2.
 
     With h = lambda_next - lambda and D the data prediction, one step is
@@ -74,8 +73,8 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_
     takes D = (1 + 1 / (2r)) x0_hat - 1 / (2r) x0_hat_prev, r = h_prev / h: a linear
     extrapolation of x0_hat in lambda, at no extra network evaluation. The first step has no
     previous x0_hat and the last one (to the data, h infinite) no use for one: both are first order.
-    One network evaluation per grid point: num_steps in all. ``y``, ``guidance_scale``: see
-    :func:`~ddpm_lib.sampling.conditioned`.
+    One network evaluation per grid point: num_steps in all. ``options``: the samplers' shared
+    options (:mod:`ddpm_lib.sampling`).
 
     ``clip_x0`` (on by default, as in every sampler) clips x0_hat to the data range and re-derives
     eps from it (:func:`~ddpm_lib.sampling.denoise`), so the solver follows the clipped ODE. The
@@ -86,7 +85,6 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_
     """
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
-    model = conditioned(model, y, guidance_scale)
     history = []  # (lambda, x0_hat) of the previous grid point
 
     def update(x_t, prediction, t, i, i_prev):
@@ -103,5 +101,5 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_
         history[:] = [(lam, prediction.x0)]
         return (s_next / s) * x_t - a_next * math.expm1(-h) * D
 
-    return run_sampler(model, schedule, x_T, timestep_grid(schedule, num_steps, spacing), update, clip_x0=clip_x0,
-                       callback=callback, amp=amp)
+    return run_sampler(model, schedule, x_T, timestep_grid(schedule, num_steps, spacing), update, callback=callback,
+                       **options)

@@ -10,8 +10,13 @@ Every sampler is the same loop (:func:`run_sampler`) around the same denoising s
 differ only in the timesteps they visit and in their update rule, a function
 ``update(x_t, prediction, t, i, i_prev) -> x_prev``.
 
-``amp``: every sampler takes it, "off" by default (float32, reproducible to the last digit);
-"auto" runs the network in the precision :func:`ddpm_lib.train` would train it in on this device.
+The options every sampler shares are applied in one place, :func:`denoise`, and each sampler
+passes them on as ``**options`` (:func:`sampler_options` checks them and sets their defaults):
+
+- ``clip_x0`` (True): clip x0_hat to the data range [-1, 1] and re-derive eps from it;
+- ``y``, ``guidance_scale`` (None): class labels, and classifier-free guidance (:func:`conditioned`);
+- ``amp`` ("off": float32, reproducible to the last digit): "auto" runs the network in the
+  precision :func:`ddpm_lib.train` would train it in on this device.
 
 ``callback(t, x, x0_hat)``, if given, is called after every step with the timestep index ``t`` just
 denoised, the new sample (x_{t-1} in the papers' numbering) and the model's current guess of x_0.
@@ -111,18 +116,31 @@ class Prediction(NamedTuple):
     x0: torch.Tensor  # x0_hat [B, C, H, W]
 
 
+SHARED_OPTIONS = {"clip_x0": True, "y": None, "guidance_scale": None, "amp": "off"}  # with the samplers' defaults
+
+
+def sampler_options(options: dict) -> dict:
+    """``options`` completed with the defaults of :data:`SHARED_OPTIONS`; an unknown name is an error."""
+    unknown = sorted(set(options) - set(SHARED_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown sampler option(s) {unknown}; the options every sampler shares are "
+                        f"{', '.join(SHARED_OPTIONS)}")
+    return {**SHARED_OPTIONS, **options}
+
+
 def denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, *, clip_x0: bool = False,
-            amp: str = "off") -> Prediction:
+            y=None, guidance_scale=None, amp: str = "off") -> Prediction:
     """One network evaluation turned into ``Prediction(eps, x0)``: the step every sampler shares.
 
     x0_hat comes from eps_hat by eq. 15 of Ho et al. 2020. With ``clip_x0`` it is clipped to the data
     range [-1, 1], and eps is re-derived from the clipped x0_hat (eq. 4 solved for eps), so that the
-    pair still describes the same x_t. ``amp`` ("off", "auto", "bf16", "fp16"): the precision of the
-    network call alone, as in :func:`ddpm_lib.train` ("auto": what the device runs fast); the
-    sampler's own arithmetic stays in x_T's dtype.
+    pair still describes the same x_t. ``y``, ``guidance_scale``: see :func:`conditioned`. ``amp``
+    ("off", "auto", "bf16", "fp16"): the precision of the network call alone, as in
+    :func:`ddpm_lib.train` ("auto": what the device runs fast); the sampler's own arithmetic stays
+    in x_T's dtype.
     """
     with autocast(x_t.device, amp):
-        eps = model(x_t, t)
+        eps = conditioned(model, y, guidance_scale)(x_t, t)
     count_call()
     if eps.shape != x_t.shape:
         raise ValueError(f"the model returned shape {list(eps.shape)} for x_t of shape {list(x_t.shape)}; "
@@ -137,12 +155,14 @@ def denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, 
 
 @torch.no_grad()
 def run_sampler(model, schedule: NoiseSchedule, x_T: torch.Tensor, timesteps: list[int], update, *,
-                clip_x0: bool, callback=None, amp: str = "off") -> torch.Tensor:
+                callback=None, **options) -> torch.Tensor:
     """Walk ``timesteps`` (descending indices) from x_T: denoise, then ``update`` to the next index.
 
     ``update(x_t, prediction, t, i, i_prev)`` returns the sample at index ``i_prev``; ``t`` is ``i``
-    as a long tensor [B], and ``i_prev = -1`` after the last index (the clean image).
+    as a long tensor [B], and ``i_prev = -1`` after the last index (the clean image). ``options``:
+    the samplers' shared options (module docstring), passed to :func:`denoise`.
     """
+    options = sampler_options(options)
     if not isinstance(x_T, torch.Tensor) or not x_T.dtype.is_floating_point:
         raise TypeError("x_T must be a floating-point tensor of Gaussian noise, e.g. torch.randn(B, C, H, W)")
     if x_T.ndim < 2:
@@ -151,7 +171,7 @@ def run_sampler(model, schedule: NoiseSchedule, x_T: torch.Tensor, timesteps: li
     for k, i in enumerate(timesteps):
         i_prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        prediction = denoise(model, schedule, x, t, clip_x0=clip_x0, amp=amp)
+        prediction = denoise(model, schedule, x, t, **options)
         x = update(x, prediction, t, i, i_prev)
         if callback is not None:
             callback(i, x, prediction.x0)
@@ -159,9 +179,8 @@ def run_sampler(model, schedule: NoiseSchedule, x_T: torch.Tensor, timesteps: li
 
 
 @torch.no_grad()
-def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, clip_x0: bool = True,
-                generator: torch.Generator | None = None, y=None, guidance_scale=None, callback=None,
-                amp: str = "off") -> torch.Tensor:
+def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, generator: torch.Generator | None = None,
+                callback=None, **options) -> torch.Tensor:
     """Ancestral sampling, Ho et al. 2020, Algorithm 2, with step noise kappa_t^2 = beta_tilde_t
     (the paper's sigma_t^2).
 
@@ -169,9 +188,8 @@ def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, clip_x0: b
     x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat) (eqs. 6-7). Without clipping this is
     Algorithm 2 exactly: mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_t) is the
     same number written another way. The last step (index 0) has zero posterior variance, so it
-    returns the mean and draws no noise. ``y``, ``guidance_scale``: see :func:`conditioned`.
+    returns the mean and draws no noise. ``options``: the samplers' shared options (module docstring).
     """
-    model = conditioned(model, y, guidance_scale)
 
     def update(x_t, prediction, t, i, i_prev):
         mean, variance = q_posterior(schedule, prediction.x0, x_t, t)  # eqs. 6-7
@@ -180,14 +198,14 @@ def ddpm_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, clip_x0: b
         z = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         return mean + variance.sqrt() * z  # Algorithm 2, line 4
 
-    return run_sampler(model, schedule, x_T, list(reversed(range(schedule.T))), update, clip_x0=clip_x0,
-                       callback=callback, amp=amp)
+    return run_sampler(model, schedule, x_T, list(reversed(range(schedule.T))), update, callback=callback,
+                       **options)
 
 
 @torch.no_grad()
 def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps: int = 50, eta: float = 0.0,
-                clip_x0: bool = True, spacing: str = "uniform", generator: torch.Generator | None = None,
-                y=None, guidance_scale=None, callback=None, amp: str = "off") -> torch.Tensor:
+                spacing: str = "uniform", generator: torch.Generator | None = None, callback=None,
+                **options) -> torch.Tensor:
     """DDIM sampling over a subsequence of timesteps (Song et al. 2021, eq. 12).
 
     x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - kappa^2) eps_hat + kappa z, with
@@ -195,13 +213,11 @@ def ddim_sample(model, schedule: NoiseSchedule, x_T: torch.Tensor, *, num_steps:
     (eq. 16, where the paper writes sigma). ``eta = 0`` is deterministic; ``eta = 1`` with
     ``num_steps = T`` is ancestral sampling with the posterior variance and gives the same samples
     as :func:`ddpm_sample` for the same generator. After the last step alpha_bar_prev = 1, so the result is x0_hat. ``spacing`` chooses
-    the timestep grid (:func:`~ddpm_lib.timesteps.timestep_grid`); ``y``, ``guidance_scale``: see
-    :func:`conditioned`.
+    the timestep grid (:func:`~ddpm_lib.timesteps.timestep_grid`); ``options``: the samplers'
+    shared options (module docstring).
     """
-    model = conditioned(model, y, guidance_scale)
     return run_sampler(model, schedule, x_T, timestep_grid(schedule, num_steps, spacing),
-                       ddim_update(schedule, eta=eta, generator=generator), clip_x0=clip_x0, callback=callback,
-                       amp=amp)
+                       ddim_update(schedule, eta=eta, generator=generator), callback=callback, **options)
 
 
 def ddim_update(schedule: NoiseSchedule, *, eta: float = 0.0, generator: torch.Generator | None = None):

@@ -145,3 +145,29 @@ def test_every_sampler_runs_the_network_in_the_precision_asked_for(amp, autocast
         assert x.dtype == torch.float32, name  # the sampler's arithmetic stays in x_T's dtype
         # bf16 keeps 8 significant bits; a handful of steps of an untrained network stays close.
         assert torch.allclose(x, sample(amp="off", clip_x0=True), atol=0.1), name
+
+
+def test_every_sampler_takes_the_shared_options_from_one_place_and_refuses_unknown_ones():
+    # The shared options live in SHARED_OPTIONS alone; each sampler passes them on. A misspelt
+    # option is refused by name rather than ignored, in every sampler and editor.
+    from ddpm_lib import editing
+    from ddpm_lib.ode import dpm_solver_sample, heun_sample
+    from ddpm_lib.sampling import SHARED_OPTIONS, sampler_options
+
+    assert sampler_options({}) == {"clip_x0": True, "y": None, "guidance_scale": None, "amp": "off"}
+    assert sampler_options({"clip_x0": False})["clip_x0"] is False and SHARED_OPTIONS["clip_x0"] is True
+    schedule = linear_schedule(T=20)
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    samplers = [lambda **o: ddpm_sample(model, schedule, x, **o),
+                lambda **o: ddim_sample(model, schedule, x, num_steps=4, **o),
+                lambda **o: heun_sample(model, schedule, x, num_steps=3, **o),
+                lambda **o: dpm_solver_sample(model, schedule, x, num_steps=4, **o),
+                lambda **o: editing.sdedit(model, schedule, x.clamp(-1, 1), num_steps=4, **o),
+                lambda **o: editing.inpaint(model, schedule, x.clamp(-1, 1), torch.ones(1, 1, 8, 8), num_steps=4, **o)]
+    for sample in samplers:
+        with pytest.raises(TypeError, match=r"unknown sampler option\(s\) \['clip'\]"):
+            sample(clip=True)
+        with pytest.raises(ValueError, match="guidance_scale needs class labels"):
+            sample(guidance_scale=2.0)
+        assert sample(clip_x0=True).abs().max() <= 1 + 1e-6  # x0_hat clipped: the data range
