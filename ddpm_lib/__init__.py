@@ -23,7 +23,7 @@ The other generative models and the metrics live in their own modules, imported 
 ``ddpm_lib.vae`` (VAE, VAELoss, vae_loss, vae_sample, train_vae), ``ddpm_lib.gan`` (Generator,
 Discriminator, the non-saturating losses, gan_sample, train_gan), ``ddpm_lib.metrics`` (the feature
 network, Frechet distance, KID, precision and recall, class coverage), ``ddpm_lib.evidence``
-(bootstrap intervals, nearest-neighbour distances to the training set, blur) and
+(the interval rule, nearest-neighbour distances to the training set, blur) and
 ``ddpm_lib.editing`` (inpainting after RePaint, and SDEdit); ``ddpm_lib.files`` says where the
 library keeps its files and checks each against its SHA-256. ``ddpm_lib.book`` holds what the
 chapters need around them (start-up, smoke mode, data, timing, trained models, animations); its

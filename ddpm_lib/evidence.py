@@ -4,9 +4,6 @@
   errors, the standard error from random halves of the set) and :func:`verdict`, which ranks two
   numbers only when the interval of their difference excludes zero. :class:`ddpm_lib.Scorer`
   applies it to every measure of a set of generated digits.
-- :func:`bootstrap` (Efron 1979) and :func:`fd_difference`, its paired form, resample with
-  replacement: the scripts whose recorded results came from them (the CPU sweep, the check of
-  published weights) still use them.
 - Does a model copy its training data? :func:`nearest_distances` measures how far each image is
   from its nearest neighbour in a reference set. A model that memorised would put its samples
   much closer to training digits than held-out digits are (Webster et al. 2019; Carlini et al.
@@ -24,8 +21,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
-from .metrics import frechet_distance
 
 
 @dataclass(frozen=True)
@@ -90,46 +85,6 @@ def verdict(difference: Estimate, *, sizes: str, higher: str = "A higher", lower
     return f"indistinguishable at n = {sizes}"
 
 
-def bootstrap(statistic, n: int, *, num_resamples: int = 100, confidence: float = 0.95, seed: int = 0) -> dict:
-    """``statistic(indices)`` on all ``n`` items and on resamples drawn with replacement.
-
-    Returns ``{"value", "low", "high", "std"}``: the value on the full set, the percentile interval
-    holding ``confidence`` of the resampled values, and their standard deviation. A resample repeats
-    some items; statistics built on nearest neighbours (precision, recall) see the copies as
-    neighbours at distance 0, which biases them, so resample those over independent seeds instead.
-    """
-    if n < 2 or num_resamples < 2 or not 0 < confidence < 1:
-        raise ValueError(f"need n >= 2, num_resamples >= 2 and 0 < confidence < 1; got {n}, {num_resamples}, "
-                         f"{confidence}")
-    g = torch.Generator().manual_seed(seed)
-    values = torch.tensor([float(statistic(torch.randint(0, n, (n,), generator=g))) for _ in range(num_resamples)],
-                          dtype=torch.float64)
-    tail = (1 - confidence) / 2
-    low, high = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-    return {"value": float(statistic(torch.arange(n))), "low": low, "high": high, "std": float(values.std())}
-
-
-def fd_difference(reference_f: torch.Tensor, f_a: torch.Tensor, f_b: torch.Tensor, *, num_resamples: int = 100,
-                  seed: int = 0) -> dict:
-    """FD(a) - FD(b) against ``reference_f``, bootstrapped with the same resampled indices for both.
-
-    Paired: where digit i of a and digit i of b start from the same noise, resampling them
-    together cancels what the two sets share, and the difference is measured more precisely than
-    either FD. Returns ``{"value", "std", "low", "high"}`` with value -/+ 1.96 std as the interval:
-    resampled FDs sit above the value (a digit drawn twice narrows the fitted Gaussian), so their
-    percentiles need not bracket it.
-    """
-    if len(f_a) != len(f_b):
-        raise ValueError(f"a paired difference needs equally many images in both sets, got {len(f_a)} and {len(f_b)}")
-
-    def difference(i):
-        return frechet_distance(reference_f, f_a[i]) - frechet_distance(reference_f, f_b[i])
-
-    d = bootstrap(difference, len(f_a), num_resamples=num_resamples, seed=seed)
-    d["low"], d["high"] = normal_interval(d["value"], d["std"])
-    return d
-
-
 def nearest_distances(queries: torch.Tensor, references: torch.Tensor, *, batch_size: int = 500):
     """For each query, the Euclidean distance to its nearest reference and that reference's index.
 
@@ -171,12 +126,6 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> dict:
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return {"value": p, "std": math.sqrt(p * (1 - p) / n), "low": max(centre - half, 0.0),
             "high": min(centre + half, 1.0)}  # (the bounds are 0 and 1 at k = 0 and n, up to rounding)
-
-
-def normal_interval(mean: float, std: float, confidence: float = 0.95) -> tuple[float, float]:
-    """mean -/+ z std, with z the normal quantile for ``confidence`` (1.96 for 95%)."""
-    z = math.sqrt(2) * torch.erfinv(torch.tensor(confidence, dtype=torch.float64)).item()
-    return mean - z * std, mean + z * std
 
 
 # How a measured number prints: as many decimals as its error bar supports, never more.

@@ -1,33 +1,10 @@
-"""The evidence tools: bootstrap intervals, nearest-neighbour distances, the share of grey pixels."""
-
-import math
+"""The evidence tools: nearest-neighbour distances, the share of grey pixels, printing and tables, Wilson intervals."""
 
 import pytest
 import torch
 
 from ddpm_lib import evidence
-from ddpm_lib.evidence import bootstrap, fd_difference, nearest_distances, normal_interval, undecided_fraction
-
-
-def test_bootstrap_interval_of_a_mean_matches_the_standard_error():
-    # For the mean of n draws of N(0, 1) the standard error is 1 / sqrt(n) and the central 95%
-    # interval is about -/+ 1.96 / sqrt(n) around the sample mean. 400 resamples estimate that
-    # width to a few percent.
-    n = 2_000
-    x = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    result = bootstrap(lambda idx: x[idx].mean(), n, num_resamples=400, seed=1)
-    assert result["value"] == pytest.approx(x.mean().item())
-    assert result["low"] < result["value"] < result["high"]
-    assert result["std"] == pytest.approx(1 / math.sqrt(n), rel=0.1)
-    assert result["high"] - result["low"] == pytest.approx(2 * 1.96 / math.sqrt(n), rel=0.15)
-    assert bootstrap(lambda idx: x[idx].mean(), n, seed=1) == bootstrap(lambda idx: x[idx].mean(), n, seed=1)
-    with pytest.raises(ValueError, match="num_resamples"):
-        bootstrap(lambda idx: 0.0, n, num_resamples=1)
-
-
-def test_normal_interval_is_196_standard_deviations_wide():
-    low, high = normal_interval(10.0, 2.0)
-    assert low == pytest.approx(10 - 1.959964 * 2) and high == pytest.approx(10 + 1.959964 * 2)
+from ddpm_lib.evidence import nearest_distances, undecided_fraction
 
 
 def test_nearest_distances_find_copies_and_measure_the_rest():
@@ -79,27 +56,3 @@ def test_wilson_interval_stays_inside_zero_one_and_matches_the_formula():
     assert big["high"] - big["low"] == pytest.approx(2 * 1.959964 * 0.005, rel=1e-3)
     with pytest.raises(ValueError, match="0 <= k <= n"):
         evidence.wilson_interval(11, 10)
-
-
-def test_fd_difference_resamples_both_sets_together():
-    # The value is FD(a) - FD(b) on the full sets; swapping a and b negates every resampled
-    # difference (same indices, same seed), so the value flips sign and the std stays; a set
-    # against itself differs by exactly 0 on every resample; the interval is value -/+ 1.96 std.
-    from ddpm_lib.metrics import frechet_distance
-
-    g = torch.Generator().manual_seed(0)
-    reference, f_a = torch.randn(300, 4, generator=g), torch.randn(60, 4, generator=g)
-    f_b = f_a + 0.3 * torch.randn(60, 4, generator=g)  # b shares most of a's variation
-    d = fd_difference(reference, f_a, f_b, num_resamples=50)
-    assert d["value"] == pytest.approx(frechet_distance(reference, f_a) - frechet_distance(reference, f_b))
-    swapped = fd_difference(reference, f_b, f_a, num_resamples=50)
-    assert swapped["value"] == pytest.approx(-d["value"]) and swapped["std"] == pytest.approx(d["std"])
-    assert d["high"] - d["value"] == pytest.approx(1.959964 * d["std"], rel=1e-5)
-    assert d["value"] - d["low"] == pytest.approx(d["high"] - d["value"])
-    same = fd_difference(reference, f_a, f_a, num_resamples=20)
-    assert same["value"] == 0 and same["std"] == 0
-    # Pairing cancels the shared variation: the difference varies less than FD(b) alone does.
-    alone = bootstrap(lambda i: frechet_distance(reference, f_b[i]), 60, num_resamples=50)
-    assert d["std"] < alone["std"]
-    with pytest.raises(ValueError, match="equally many"):
-        fd_difference(reference, f_a, f_b[:59])
