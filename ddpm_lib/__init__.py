@@ -9,6 +9,9 @@ The public API, by concept:
   classifier-free guidance (conditioned); GaussianDenoiser, the exact eps for Gaussian data
 - the network's targets:  score_from_eps, v_from_eps, eps_from_v
 - flow matching:  flow_matching_loss, flow_sample, flow_velocity, ReflowLoss, GaussianVelocity (the exact velocity)
+- EDM (Karras et al. 2022):  EDMDenoiser (the preconditioning around any network), EDMLoss,
+  edm_sample (Heun on the rho-spaced sigma grid, with churn), sigma_grid; GaussianEDMDenoiser, the
+  exact denoiser for Gaussian data
 - network:  SinusoidalEmbedding, ConvNeXtBlock, Downsample, Upsample, UNet
 - training:  train (any objective), TrainResult, Batch, autocast_dtype, make_ema, update_ema
 - checkpoints and published weights:  save_checkpoint, load_checkpoint, save_model, load_model,
@@ -31,7 +34,7 @@ chapters need around them (start-up, smoke mode, data, timing, trained models, a
 """
 
 from . import book, editing, evidence, files, gan, metrics, vae
-from .analytic import GaussianDenoiser, GaussianVelocity
+from .analytic import GaussianDenoiser, GaussianEDMDenoiser, GaussianVelocity
 from .blocks import ConvNeXtBlock, Downsample, Upsample
 from .book import Chapter, smoke_mode, start_chapter
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
@@ -39,6 +42,7 @@ from .data import DatasetError, from_model_range, held_out_split, load_fashion_m
 from .diffusion import (DDPMLoss, ddpm_loss, eps_from_v, predict_eps, predict_x0, q_posterior, q_sample,
                         score_from_eps, v_from_eps)
 from .ema import make_ema, update_ema
+from .edm import EDMDenoiser, EDMLoss, edm_sample, sigma_grid
 from .flow import ReflowLoss, flow_matching_loss, flow_sample, flow_velocity
 from .hub import load_weights, pretrained, save_weights
 from .embedding import SinusoidalEmbedding
@@ -64,6 +68,7 @@ __all__ = [
     "denoise", "Prediction", "run_sampler", "count_nfe", "conditioned", "GaussianDenoiser",
     "score_from_eps", "v_from_eps", "eps_from_v",
     "flow_matching_loss", "flow_sample", "flow_velocity", "ReflowLoss", "GaussianVelocity",
+    "EDMDenoiser", "EDMLoss", "edm_sample", "sigma_grid", "GaussianEDMDenoiser",
     "SinusoidalEmbedding", "ConvNeXtBlock", "Downsample", "Upsample", "UNet",
     "train", "TrainResult", "Batch", "autocast_dtype", "make_ema", "update_ema",
     "save_checkpoint", "load_checkpoint", "save_model", "load_model", "pretrained", "save_weights", "load_weights",

@@ -58,3 +58,23 @@ class GaussianVelocity(nn.Module):
         mu, s2 = self.mu.to(x.dtype), self.s.to(x.dtype) ** 2
         variance = (1 - tau) ** 2 * s2 + tau**2
         return -mu + (tau - (1 - tau) * s2) / variance * (x - (1 - tau) * mu)
+
+
+class GaussianEDMDenoiser(nn.Module):
+    """The exact denoiser for Gaussian data in EDM's units, D*(x; sigma) = E[x0 | x0 + sigma n = x].
+
+    With x0 ~ N(mu, s^2) per pixel and x = x0 + sigma n, x0 and x are jointly Gaussian with
+    Cov(x0, x) = s^2 and Var(x) = s^2 + sigma^2, so D*(x; sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu).
+    Its probability-flow ODE dx/dsigma = (x - D*) / sigma keeps (x - mu) / sqrt(s^2 + sigma^2)
+    constant. Follows the contract of :func:`ddpm_lib.edm_sample`: ``(x, sigma [B]) -> D``.
+    """
+
+    def __init__(self, mu, s):
+        super().__init__()
+        self.register_buffer("mu", torch.as_tensor(mu, dtype=torch.float32), persistent=False)
+        self.register_buffer("s", torch.as_tensor(s, dtype=torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))  # [B, 1, 1, 1]
+        mu, s2 = self.mu.to(x.dtype), self.s.to(x.dtype) ** 2
+        return mu + s2 / (s2 + sigma**2) * (x - mu)

@@ -16,6 +16,9 @@ MODELS = {
     "VAE": (lambda: VAE(latent_dim=3, width=8), lambda: (torch.rand(2, 1, 28, 28) * 2 - 1,)),
     "Generator": (lambda: Generator(latent_dim=5, width=8), lambda: (torch.randn(2, 5),)),
     "Discriminator": (lambda: Discriminator(width=8), lambda: (torch.rand(2, 1, 28, 28) * 2 - 1,)),
+    "EDMDenoiser": (lambda: dl.EDMDenoiser(dl.UNet(in_channels=1, base_dim=8, dim_mults=(1, 2), num_classes=3),
+                                           sigma_data=0.7, parametrization="eps"),
+                    lambda: (torch.randn(2, 1, 8, 8), torch.tensor([0.1, 20.0]), torch.tensor([2, 3]))),
 }
 
 
