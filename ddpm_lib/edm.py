@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .checkpoint import check_state_dict, model_class, model_record
+from .checkpoint import model_class, model_record
 from .sampling import count_call
 from .schedule import cosine_schedule
 
@@ -102,11 +102,6 @@ class EDMDenoiser(nn.Module):
         args = (c_in * x, TIME_SCALE * c_noise.flatten()) + ((y,) if y is not None else ())
         F = self.net(*args)  # [B, C, H, W]
         return (c_skip * x + c_out * F.float()).to(x.dtype)  # eq. 7
-
-    def load_net(self, state_dict: dict) -> None:
-        """Load weights saved from a bare network (not a denoiser) into ``self.net``."""
-        check_state_dict(self.net, state_dict, "the network's weights")
-        self.net.load_state_dict(state_dict)
 
 
 NOISES = ("lognormal", "cosine")
