@@ -54,13 +54,19 @@ def settings(name: str) -> dict:
     return {**PAPER, **CONFIGS[name][1]}
 
 
+def model_and_loss(s: dict):
+    """Chapter 6's U-Net in an EDMDenoiser, and the objective, for settings ``s``; the same initial
+    weights for every configuration."""
+    torch.manual_seed(0)
+    net = dl.UNet(in_channels=1, base_dim=16, dim_mults=(1, 2, 4))
+    denoiser = dl.EDMDenoiser(net, sigma_data=s["sigma_data"], parametrization=s["parametrization"])
+    return denoiser, dl.EDMLoss(P_mean=s["P_mean"], P_std=s["P_std"], noise=s["noise"], weighting=s["weighting"])
+
+
 def run(name: str, images: torch.Tensor, scorer, noise: torch.Tensor) -> tuple[dict, torch.Tensor]:
     """Train configuration ``name`` (or resume its finished checkpoint), draw its digits and score them."""
     s = settings(name)
-    torch.manual_seed(0)  # the same initial weights for every configuration
-    net = dl.UNet(in_channels=1, base_dim=16, dim_mults=(1, 2, 4))
-    denoiser = dl.EDMDenoiser(net, sigma_data=s["sigma_data"], parametrization=s["parametrization"])
-    loss = dl.EDMLoss(P_mean=s["P_mean"], P_std=s["P_std"], noise=s["noise"], weighting=s["weighting"])
+    denoiser, loss = model_and_loss(s)
     checkpoint = ROOT / "notebooks" / "checkpoints" / f"edm-ablation-{name}.pt"
     result = dl.train(denoiser, images=images, loss_fn=loss, steps=STEPS, checkpoint=checkpoint,
                       progress=False, log_every=STEPS, **TRAIN)
@@ -134,10 +140,7 @@ def full(names) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for name in names:
         s = settings(name)
-        torch.manual_seed(0)
-        net = dl.UNet(in_channels=1, base_dim=16, dim_mults=(1, 2, 4))
-        denoiser = dl.EDMDenoiser(net, sigma_data=s["sigma_data"], parametrization=s["parametrization"])
-        loss = dl.EDMLoss(P_mean=s["P_mean"], P_std=s["P_std"], noise=s["noise"], weighting=s["weighting"])
+        denoiser, loss = model_and_loss(s)
         result = dl.train(denoiser, images=images, loss_fn=loss, steps=FULL_STEPS, progress=False,
                           checkpoint=ROOT / "notebooks" / "checkpoints" / f"edm-full-{name}.pt",
                           log_every=FULL_STEPS, **{**TRAIN, "warmup": 200})
