@@ -12,6 +12,9 @@ The public API, by concept:
 - EDM (Karras et al. 2022):  EDMDenoiser (the preconditioning around any network), EDMLoss,
   edm_sample (Heun on the rho-spaced sigma grid, with churn), sigma_grid; GaussianEDMDenoiser, the
   exact denoiser for Gaussian data
+- latent diffusion (Rombach et al. 2022):  Autoencoder (images <-> [B, 4, 8, 8] latents),
+  AutoencoderLoss, latent_scale, encode_images, LatentDiffusion (a denoiser of scaled latents that
+  the samplers run unchanged, with decode back to images)
 - network:  SinusoidalEmbedding, ConvNeXtBlock, Downsample, Upsample, UNet
 - training:  train (any objective), TrainResult, Batch, autocast_dtype, make_ema, update_ema
 - checkpoints and published weights:  save_checkpoint, load_checkpoint, save_model, load_model,
@@ -45,6 +48,7 @@ from .ema import make_ema, update_ema
 from .edm import EDMDenoiser, EDMLoss, edm_sample, sigma_grid
 from .flow import ReflowLoss, flow_matching_loss, flow_sample, flow_velocity
 from .hub import load_weights, pretrained, save_weights
+from .latent import Autoencoder, AutoencoderLoss, LatentDiffusion, encode_images, latent_scale
 from .embedding import SinusoidalEmbedding
 from .loop import Batch, TrainResult
 from .precision import autocast_dtype
@@ -69,6 +73,7 @@ __all__ = [
     "score_from_eps", "v_from_eps", "eps_from_v",
     "flow_matching_loss", "flow_sample", "flow_velocity", "ReflowLoss", "GaussianVelocity",
     "EDMDenoiser", "EDMLoss", "edm_sample", "sigma_grid", "GaussianEDMDenoiser",
+    "Autoencoder", "AutoencoderLoss", "LatentDiffusion", "encode_images", "latent_scale",
     "SinusoidalEmbedding", "ConvNeXtBlock", "Downsample", "Upsample", "UNet",
     "train", "TrainResult", "Batch", "autocast_dtype", "make_ema", "update_ema",
     "save_checkpoint", "load_checkpoint", "save_model", "load_model", "pretrained", "save_weights", "load_weights",

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from .checkpoint import model_class, model_record
-from .sampling import count_call
+from .diffusion import drop_labels
+from .sampling import conditioned, count_call
 from .schedule import cosine_schedule
 
 # c_noise = ln(sigma) / 4 spans about [-1.6, 1.1] over the sampler's sigmas; the book's U-Nets embed
@@ -122,12 +123,16 @@ class EDMLoss:
       which with the "edm" parametrization makes the loss the network's own error, of unit size at
       every sigma; "eps": 1 / sigma^2, DDPM's L_simple (the error in the noise); "x0": 1, the error
       in the image.
+    - ``label_dropout``: for a class-conditional denoiser, the probability p of replacing a label by
+      the null class, so that one network learns the conditional and the unconditional D that
+      classifier-free guidance combines (as in :class:`~ddpm_lib.DDPMLoss`).
     """
 
     P_mean: float = -1.2
     P_std: float = 1.2
     noise: str = "lognormal"
     weighting: str = "edm"
+    label_dropout: float | None = None
 
     def __post_init__(self):
         if self.noise not in NOISES:
@@ -136,6 +141,13 @@ class EDMLoss:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if not self.P_std > 0:
             raise ValueError(f"P_std must be positive, got {self.P_std}")
+        if self.label_dropout is not None and not 0.0 <= self.label_dropout <= 1.0:
+            raise ValueError(f"label_dropout must be None or a probability in [0, 1], got {self.label_dropout}")
+
+    def __repr__(self) -> str:  # recorded by checkpoints; unchanged for runs without labels
+        dropout = f", label_dropout={self.label_dropout}" if self.label_dropout is not None else ""
+        return (f"EDMLoss(P_mean={self.P_mean}, P_std={self.P_std}, noise={self.noise!r}, "
+                f"weighting={self.weighting!r}{dropout})")
 
     def sigmas(self, batch, generator: torch.Generator | None = None) -> torch.Tensor:
         """The batch's noise levels [B]."""
@@ -160,6 +172,10 @@ class EDMLoss:
         sigma = self.sigmas(batch, generator)  # [B]
         n = batch.randn(generator=generator)  # [B, C, H, W]
         y = batch.labels if denoiser.num_classes is not None else None
+        if self.label_dropout is not None:
+            if y is None:
+                raise ValueError("label_dropout needs a class-conditional denoiser and train(..., labels=...)")
+            y = drop_labels(y, denoiser.num_classes, self.label_dropout, batch.rand(generator))
         D = model(x0 + sigma.view(-1, 1, 1, 1) * n, sigma, *((y,) if y is not None else ()))
         per_image = ((D.float() - x0.float()) ** 2).flatten(1).mean(1)  # [B]
         return (self.weight(sigma, denoiser.sigma_data) * per_image).mean()
@@ -184,7 +200,8 @@ def sigma_grid(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float =
 @torch.no_grad()
 def edm_sample(denoiser, noise: torch.Tensor, *, num_steps: int = 18, sigma_min: float = 0.002,
                sigma_max: float = 80.0, rho: float = 7.0, churn: float = 0.0, y: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+               guidance_scale: float | None = None, generator: torch.Generator | None = None,
+               callback=None) -> torch.Tensor:
     """Draw images with Karras et al. 2022, Algorithm 2: Heun's method from sigma_max to 0.
 
     ``noise`` is standard normal [B, C, H, W]; the sampler starts from ``sigma_max * noise``. Each
@@ -192,7 +209,10 @@ def edm_sample(denoiser, noise: torch.Tensor, *, num_steps: int = 18, sigma_min:
     trapezoid): 2 N - 1 evaluations. ``churn`` (S_churn) > 0 first raises sigma_i to
     sigma_hat = (1 + gamma) sigma_i with gamma = min(churn / N, sqrt(2) - 1), adding fresh noise of
     variance sigma_hat^2 - sigma_i^2 drawn from ``generator``: the stochastic sampler, whose noise
-    corrects the errors of earlier steps. ``callback(sigma, x_next, x0_hat)`` after every step.
+    corrects the errors of earlier steps. ``y`` and ``guidance_scale``: class labels and
+    classifier-free guidance, D_u + w (D_c - D_u), as :func:`~ddpm_lib.conditioned` combines eps
+    (the same combination: at one x and sigma, D is an affine function of eps).
+    ``callback(sigma, x_next, x0_hat)`` after every step.
     """
     if not isinstance(noise, torch.Tensor) or not noise.dtype.is_floating_point or noise.ndim != 4:
         got = f"{noise.dtype} {list(noise.shape)}" if isinstance(noise, torch.Tensor) else type(noise).__name__
@@ -201,11 +221,11 @@ def edm_sample(denoiser, noise: torch.Tensor, *, num_steps: int = 18, sigma_min:
         raise ValueError(f"churn must be >= 0, got {churn}")
     sigmas = sigma_grid(num_steps, sigma_min, sigma_max, rho)
     gamma = min(churn / num_steps, math.sqrt(2) - 1)
-    labels = (y,) if y is not None else ()
+    net = conditioned(denoiser, y, guidance_scale)
 
     def D(x, sigma):
         count_call()
-        out = denoiser(x, torch.full((len(x),), sigma, device=x.device, dtype=torch.float32), *labels)
+        out = net(x, torch.full((len(x),), sigma, device=x.device, dtype=torch.float32))
         if out.shape != x.shape:
             raise ValueError(f"the denoiser returned shape {list(out.shape)} for x of shape {list(x.shape)}")
         return out.to(x.dtype)

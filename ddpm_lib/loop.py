@@ -96,8 +96,10 @@ def resolve_device(device=None) -> torch.device:
     return torch.device(device) if device is not None else pick_device()
 
 
-def prepare_images(images, channels: int | None = None) -> torch.Tensor:
-    """uint8 ``[N, H, W]`` / ``[N, C, H, W]``, or float ``[N, C, H, W]`` in [-1, 1] -> float32 ``[N, C, H, W]``."""
+def prepare_images(images, channels: int | None = None, data_range: float | None = 1.0) -> torch.Tensor:
+    """uint8 ``[N, H, W]`` / ``[N, C, H, W]``, or float ``[N, C, H, W]`` in [-1, 1] -> float32 ``[N, C, H, W]``.
+
+    Floats must lie in [-data_range, data_range]; ``None`` accepts any finite values (latents, say)."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a tensor, got {type(images).__name__}")
     if images.dtype == torch.uint8:
@@ -107,9 +109,9 @@ def prepare_images(images, channels: int | None = None) -> torch.Tensor:
                          f"got {images.dtype} {list(images.shape)}")
     elif not torch.isfinite(images).all():
         raise ValueError("images contain NaN or infinite values")
-    elif images.numel() and (images.min() < -1.001 or images.max() > 1.001):
-        raise ValueError(f"float images must lie in [-1, 1], got [{images.min():.3g}, {images.max():.3g}]; "
-                         "map uint8 images with ddpm_lib.to_model_range")
+    elif data_range is not None and images.numel() and images.abs().max() > 1.001 * data_range:
+        raise ValueError(f"float images must lie in [-{data_range:g}, {data_range:g}], got "
+                         f"[{images.min():.3g}, {images.max():.3g}]; map uint8 images with ddpm_lib.to_model_range")
     if channels is not None and images.shape[1] != channels:
         raise ValueError(f"the model takes {channels} channel(s), the images have {images.shape[1]}")
     if len(images) == 0:

@@ -19,7 +19,8 @@ from .data import to_model_range
 
 # The chapters' fixed starting noises, by name: a seed each, so a rerun draws the same digits,
 # and chapters that share a name (the evidence chapter and the sampler lab) start from the same x_T.
-NOISE_SEEDS = {"unconditional": 1000, "guidance": 2000, "flow": 3000, "edm": 4000, "publishing": 5}
+NOISE_SEEDS = {"unconditional": 1000, "guidance": 2000, "flow": 3000, "edm": 4000, "latent": 6000,
+               "publishing": 5}
 NOISE_BLOCK = 100  # digits per seeded block
 
 

@@ -72,7 +72,8 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
           warmup: int = 0, lr_decay: str | None = None,
           ema_decay: float = 0.999, grad_clip: float | None = 1.0, amp="auto", device=None, seed: int = 0,
           sampling: str = "epochs", checkpoint=None, checkpoint_every: int = 1000, log_every: int = 100,
-          callback=None, progress: bool = True, channels_last: bool = True, compile: bool = False) -> TrainResult:
+          callback=None, progress: bool = True, channels_last: bool = True, compile: bool = False,
+          data_range: float | None = 1.0) -> TrainResult:
     """Optimise ``model`` on ``images`` (and ``labels``, if given) for ``steps`` steps.
 
     - Objective: ``loss_fn(model, batch, generator)``, where ``batch`` is a :class:`~ddpm_lib.loop.Batch`
@@ -98,6 +99,8 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
       [B, C, H, W] shape); CPU convolutions run faster that way (the performance appendix measures
       by how much).
     - ``compile``: run the model through ``torch.compile`` (the weights and checkpoints are unchanged).
+    - ``data_range``: float images must lie in [-data_range, data_range], which catches images left
+      in [0, 255]; ``None`` trains on data of any size, such as the latents of :mod:`ddpm_lib.latent`.
     - Several processes: under ``torchrun`` each process trains on its share of every batch, and
       all of them take the same steps (:mod:`ddpm_lib.distributed`); process 0 logs, calls
       ``callback`` and writes the checkpoint.
@@ -126,7 +129,7 @@ def train(model: nn.Module, schedule: NoiseSchedule | None = None, images: torch
     if processes.size > 1 and device.type == "cuda":
         device = torch.device("cuda", processes.local_rank)  # one GPU per process
         torch.cuda.set_device(device)
-    data = prepare_images(images, getattr(model, "in_channels", None))
+    data = prepare_images(images, getattr(model, "in_channels", None), data_range)
     labels = prepare_labels(labels, len(data))
     if fits_on(device, data.numel() * data.element_size()):
         data = data.to(device)  # no per-step host-to-device copies

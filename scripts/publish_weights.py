@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # name -> the chapter whose full run trains and saves it
 MODELS = {"mnist-vae": "01_vae", "mnist-gan": "02_gan", "mnist-ddpm": "06_training",
           "mnist-ddpm-cond": "10_guidance", "mnist-flow": "11_flow_matching",
-          "mnist-edm": "13_edm"}
+          "mnist-edm": "13_edm", "mnist-autoencoder": "14_latent_diffusion",
+          "mnist-ldm": "14_latent_diffusion"}
 
 
 def publish(name: str, path, *, chapter: str, registry=files.REGISTRY, folder=files.CHECKOUT_WEIGHTS) -> dict:

@@ -4,6 +4,7 @@ import torch
 import ddpm_lib as dl
 from ddpm_lib.checkpoint import model_class
 from ddpm_lib.gan import Discriminator, Generator
+from ddpm_lib.latent import Autoencoder
 from ddpm_lib.vae import VAE
 
 # Every model class the library has, each with non-default constructor arguments (a rebuild from
@@ -19,12 +20,17 @@ MODELS = {
     "EDMDenoiser": (lambda: dl.EDMDenoiser(dl.UNet(in_channels=1, base_dim=8, dim_mults=(1, 2), num_classes=3),
                                            sigma_data=0.7, parametrization="eps"),
                     lambda: (torch.randn(2, 1, 8, 8), torch.tensor([0.1, 20.0]), torch.tensor([2, 3]))),
+    "Autoencoder": (lambda: Autoencoder(latent_channels=3, width=8), lambda: (torch.rand(2, 1, 28, 28) * 2 - 1,)),
+    "LatentDiffusion": (lambda: dl.LatentDiffusion(
+        Autoencoder(latent_channels=2, width=8),
+        dl.EDMDenoiser(dl.UNet(in_channels=2, base_dim=8, dim_mults=(1, 2), num_classes=3), sigma_data=1.0),
+        scale=0.7), lambda: (torch.randn(2, 2, 8, 8), torch.tensor([0.1, 20.0]), torch.tensor([2, 3]))),
 }
 
 
 def output(model, inputs):
     with torch.no_grad():
-        out = model(*inputs) if not isinstance(model, VAE) else model.encode(*inputs)
+        out = model(*inputs) if not isinstance(model, (VAE, Autoencoder)) else model.encode(*inputs)
     return out if isinstance(out, torch.Tensor) else torch.cat([o.flatten() for o in out])
 
 

@@ -160,3 +160,34 @@ def test_training_runs_resumes_and_the_denoiser_saves_and_rebuilds(tmp_path):
     noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(dl.edm_sample(back, noise, num_steps=4),
                                dl.edm_sample(whole.ema.eval(), noise, num_steps=4), atol=1e-4, rtol=1e-4)
+
+
+def test_guidance_in_the_edm_sampler_is_the_combination_of_the_two_denoisers():
+    # One step from sigma_max to 0 returns D at sigma_max, so the sampler's output is the guided D:
+    # D_u + w (D_c - D_u); w = 1 is the conditional denoiser, w = 0 the unconditional one.
+    torch.manual_seed(0)
+    denoiser = dl.EDMDenoiser(dl.UNet(in_channels=1, base_dim=8, dim_mults=(1, 2), num_classes=3)).eval()
+    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y, null, sigma = torch.tensor([0, 1, 2, 1]), torch.full((4,), 3), torch.full((4,), 80.0)
+    with torch.no_grad():
+        D_c, D_u = denoiser(80 * noise, sigma, y), denoiser(80 * noise, sigma, null)
+    for w in (0.0, 1.0, 2.5):
+        out = dl.edm_sample(denoiser, noise, num_steps=1, y=y, guidance_scale=w)
+        torch.testing.assert_close(out, D_u + w * (D_c - D_u), rtol=1e-4, atol=1e-4)
+
+
+def test_label_dropout_trains_the_null_class():
+    # With p = 1 every label becomes the null class, so the loss is that of the unconditional denoiser.
+    torch.manual_seed(0)
+    denoiser = dl.EDMDenoiser(dl.UNet(in_channels=1, base_dim=8, dim_mults=(1, 2), num_classes=3))
+    images = dl.to_model_range(squares(8, size=8))  # [8, 1, 8, 8]
+    batch = Batch(images, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    dropped = dl.EDMLoss(label_dropout=1.0)(denoiser, batch, torch.Generator().manual_seed(0))
+    # sigma and the noise are drawn before the dropout, so the same seed gives the same ones
+    expected = dl.EDMLoss()(denoiser, Batch(images, torch.full((8,), 3)), torch.Generator().manual_seed(0))
+    assert abs(dropped.item() - expected.item()) < 1e-6
+    with pytest.raises(ValueError, match="label_dropout needs a class-conditional"):
+        dl.EDMLoss(label_dropout=0.1)(dl.EDMDenoiser(dl.UNet(1, 8, (1, 2))), Batch(images[:2]))
+    with pytest.raises(ValueError, match="probability"):
+        dl.EDMLoss(label_dropout=1.5)
+    assert repr(dl.EDMLoss()) == "EDMLoss(P_mean=-1.2, P_std=1.2, noise='lognormal', weighting='edm')"
