@@ -12,6 +12,8 @@ The public API, by concept:
 - EDM (Karras et al. 2022):  EDMDenoiser (the preconditioning around any network), EDMLoss,
   edm_sample (Heun on the rho-spaced sigma grid, with churn), sigma_grid; GaussianEDMDenoiser, the
   exact denoiser for Gaussian data
+- distillation (Salimans & Ho 2022):  DistillationLoss (one round of progressive distillation),
+  distilled_sample (one network evaluation a step on the nested grid)
 - latent diffusion (Rombach et al. 2022):  Autoencoder (images <-> [B, 4, 8, 8] latents),
   AutoencoderLoss, latent_scale, encode_images, LatentDiffusion (a denoiser of scaled latents that
   the samplers run unchanged, with decode back to images)
@@ -45,6 +47,7 @@ from .data import DatasetError, from_model_range, held_out_split, load_fashion_m
 from .diffusion import (DDPMLoss, ddpm_loss, eps_from_v, predict_eps, predict_x0, q_posterior, q_sample,
                         score_from_eps, v_from_eps)
 from .ema import make_ema, update_ema
+from .distill import DistillationLoss, distilled_sample
 from .edm import EDMDenoiser, EDMLoss, edm_sample, sigma_grid
 from .flow import ReflowLoss, flow_matching_loss, flow_sample, flow_velocity
 from .hub import load_weights, pretrained, save_weights
@@ -73,6 +76,7 @@ __all__ = [
     "score_from_eps", "v_from_eps", "eps_from_v",
     "flow_matching_loss", "flow_sample", "flow_velocity", "ReflowLoss", "GaussianVelocity",
     "EDMDenoiser", "EDMLoss", "edm_sample", "sigma_grid", "GaussianEDMDenoiser",
+    "DistillationLoss", "distilled_sample",
     "Autoencoder", "AutoencoderLoss", "LatentDiffusion", "encode_images", "latent_scale",
     "SinusoidalEmbedding", "ConvNeXtBlock", "Downsample", "Upsample", "UNet",
     "train", "TrainResult", "Batch", "autocast_dtype", "make_ema", "update_ema",

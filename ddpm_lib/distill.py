@@ -1,0 +1,132 @@
+"""Progressive distillation (Salimans & Ho 2022): a student learns to take in one step what its
+teacher takes in two; round after round, each student teaches the next, halving the steps.
+
+Everything is written in EDM's noise level sigma (:mod:`ddpm_lib.edm`). The deterministic sampler
+being distilled is Euler's method on the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma,
+which is DDIM:
+
+    x' = D + (sigma' / sigma) (x - D),  D = D(x; sigma).                                    (1)
+
+It steps along a *nested* grid: t = k / N for k = N, ..., 0, with
+sigma(t) = (sigma_min^(1/rho) + t (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho for t > 0 and
+sigma(0) = 0, so the grid of 2N steps holds every point of the grid of N (EDM's own grid does not).
+
+The student's target (Salimans & Ho, Algorithm 2, in these units): from x at sigma the teacher takes
+two steps of eq. (1), through sigma_mid to x'' at sigma''. For the student to reach x'' in one
+step of eq. (1) its denoised estimate must be
+
+    D~ = (x'' - r x) / (1 - r),  r = sigma'' / sigma,                                        (2)
+
+so at sigma'' = 0 (r = 0) the target is the teacher's sample itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+from .sampling import conditioned, count_call
+
+
+def step_grid(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> list[float]:
+    """The ``num_steps + 1`` noise levels sigma(k / N), k = N..0, of the nested grid (module docstring)."""
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if not rho > 0:
+        raise ValueError(f"rho must be positive, got {rho}")
+    a, b = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return [(a + k / num_steps * (b - a)) ** rho for k in range(num_steps, 0, -1)] + [0.0]
+
+
+def euler_step(net, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    """Eq. (1) with per-image noise levels ``sigma``, ``sigma_next`` [B]; ``net(x, sigma) -> D``."""
+    D = net(x, sigma).to(x.dtype)
+    r = (sigma_next / sigma).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))  # [B, 1, 1, 1]
+    return D + r * (x - D)
+
+
+def distillation_target(teacher, x: torch.Tensor, sigma, sigma_mid, sigma_next) -> torch.Tensor:
+    """The student's denoised target D~ at ``x`` (eq. 2): two teacher steps, sigma -> sigma_mid ->
+    sigma_next, each a tensor [B]; ``teacher(x, sigma) -> D``."""
+    with torch.no_grad():
+        x_next = euler_step(teacher, euler_step(teacher, x, sigma, sigma_mid), sigma_mid, sigma_next)
+    r = (sigma_next / sigma).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    return (x_next - r * x) / (1 - r)
+
+
+class DistillationLoss:
+    """One round of progressive distillation as an objective for :func:`ddpm_lib.train`: the model,
+    the student (an :class:`~ddpm_lib.EDMDenoiser`, usually started as a copy of the teacher),
+    learns to take in ``student_steps`` steps of eq. (1) what ``teacher`` takes in twice as many.
+
+    Each image gets a random step k of the student's grid; it is noised to that step's sigma
+    (x = x0 + sigma n), the teacher takes its two steps, and the student's D(x; sigma) regresses on
+    eq. (2) with EDM's weighting 1 / c_out^2 (:class:`~ddpm_lib.EDMLoss`), which keeps the error of
+    every step of unit size. ``guidance_scale`` distils a guided conditional teacher: the student
+    gets the labels and learns the guided D at that scale, so it samples with labels and no
+    guidance.
+    """
+
+    def __init__(self, teacher: nn.Module, student_steps: int, *, sigma_min: float = 0.002,
+                 sigma_max: float = 80.0, rho: float = 7.0, guidance_scale: float | None = None):
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher must be a denoiser (an nn.Module), got {type(teacher).__name__}")
+        if not isinstance(student_steps, int) or isinstance(student_steps, bool) or student_steps < 1:
+            raise ValueError(f"student_steps must be a positive integer, got {student_steps!r}")
+        self.sigmas = step_grid(2 * student_steps, sigma_min, sigma_max, rho)  # the teacher's grid
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.student_steps, self.guidance_scale = student_steps, guidance_scale
+        self.grid = dict(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
+
+    def __call__(self, model, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        student = getattr(model, "module", model)  # under DistributedDataParallel
+        student = getattr(student, "_orig_mod", student)  # ... or torch.compile
+        sigma_data = getattr(student, "sigma_data", None)
+        if sigma_data is None:
+            raise TypeError(f"the student must be an EDMDenoiser, got {type(student).__name__}")
+        x0 = batch.images  # [B, C, H, W]
+        grid = torch.tensor(self.sigmas, device=x0.device)  # [2N + 1], from sigma_max to 0
+        k = 2 * batch.randint(self.student_steps, generator)  # [B]: the student's step starts at grid[k]
+        sigma, sigma_mid, sigma_next = grid[k], grid[k + 1], grid[k + 2]  # [B] each
+        x = x0 + sigma.view(-1, 1, 1, 1) * batch.randn(generator=generator)
+        y = batch.labels if getattr(student, "num_classes", None) is not None else None
+        teacher = conditioned(self.teacher, y, self.guidance_scale)
+        target = distillation_target(teacher, x, sigma, sigma_mid, sigma_next)
+        D = model(x, sigma, *((y,) if y is not None else ()))
+        weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # 1 / c_out^2
+        return (weight * ((D.float() - target.float()) ** 2).flatten(1).mean(1)).mean()
+
+    def __repr__(self) -> str:  # recorded by checkpoints: a resumed run must have the same teacher
+        digest = hashlib.sha256()
+        for tensor in self.teacher.state_dict().values():
+            digest.update(tensor.detach().cpu().float().numpy().tobytes())
+        options = f", guidance_scale={self.guidance_scale}" if self.guidance_scale is not None else ""
+        return (f"DistillationLoss(student_steps={self.student_steps}, {self.grid}, "
+                f"teacher_sha256={digest.hexdigest()[:12]!r}{options})")
+
+
+@torch.no_grad()
+def distilled_sample(denoiser, noise: torch.Tensor, *, num_steps: int, sigma_min: float = 0.002,
+                     sigma_max: float = 80.0, rho: float = 7.0, y: torch.Tensor | None = None,
+                     guidance_scale: float | None = None, callback=None) -> torch.Tensor:
+    """``num_steps`` steps of eq. (1) on the nested grid from ``sigma_max * noise``: one network
+    evaluation a step. Draws with a distilled student, or with its teacher at twice the steps.
+    ``callback(sigma, x_next, x0_hat)`` after every step."""
+    if not isinstance(noise, torch.Tensor) or not noise.dtype.is_floating_point or noise.ndim != 4:
+        got = f"{noise.dtype} {list(noise.shape)}" if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise ValueError(f"noise must be a float tensor of standard normal images [B, C, H, W], got {got}")
+    sigmas = step_grid(num_steps, sigma_min, sigma_max, rho)
+    net = conditioned(denoiser, y, guidance_scale)
+    x = sigma_max * noise
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        count_call()
+        s = torch.full((len(x),), sigma, device=x.device, dtype=torch.float32)
+        x0_hat = net(x, s).to(x.dtype)
+        x = x0_hat + (sigma_next / sigma) * (x - x0_hat)  # eq. (1)
+        if callback is not None:
+            callback(sigma, x, x0_hat)
+    return x
