@@ -68,6 +68,16 @@ def model_record(model: nn.Module) -> dict:
     return {"model_class": f"{type(model).__module__}.{type(model).__qualname__}", "model_config": config}
 
 
+def as_model(model, name: str = "net") -> nn.Module:
+    """``model`` itself, or the model a :func:`model_record` describes: how a model that holds
+    other models (an EDMDenoiser's network, a LatentDiffusion's two) rebuilds them from its config."""
+    if isinstance(model, dict):  # rebuilding from a file: {"model_class": ..., "model_config": ...}
+        model = model_class(model["model_class"])(**model["model_config"])
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be a network (an nn.Module), got {type(model).__name__}")
+    return model
+
+
 def save_model(path, model: nn.Module, **extra) -> None:
     """Save ``model``'s weights with its class and config, so :func:`load_model` rebuilds it alone.
 

@@ -27,26 +27,27 @@ import hashlib
 import torch
 from torch import nn
 
+from .distributed import unwrap
+from .edm import EDMLoss, check_grid
 from .sampling import conditioned, count_call
 
 
 def step_grid(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> list[float]:
     """The ``num_steps + 1`` noise levels sigma(k / N), k = N..0, of the nested grid (module docstring)."""
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-    if not rho > 0:
-        raise ValueError(f"rho must be positive, got {rho}")
+    check_grid(num_steps, sigma_min, sigma_max, rho)
     a, b = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return [(a + k / num_steps * (b - a)) ** rho for k in range(num_steps, 0, -1)] + [0.0]
 
 
+def euler_update(x: torch.Tensor, D: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
+    """Eq. (1) from ``x`` and its denoised estimate ``D``; the noise levels are numbers or tensors [B]."""
+    r = torch.as_tensor(sigma_next / sigma, dtype=x.dtype, device=x.device)
+    return D + r.view(-1, *([1] * (x.ndim - 1))) * (x - D)  # r: [B, 1, 1, 1] or [1, 1, 1, 1]
+
+
 def euler_step(net, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
     """Eq. (1) with per-image noise levels ``sigma``, ``sigma_next`` [B]; ``net(x, sigma) -> D``."""
-    D = net(x, sigma).to(x.dtype)
-    r = (sigma_next / sigma).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))  # [B, 1, 1, 1]
-    return D + r * (x - D)
+    return euler_update(x, net(x, sigma).to(x.dtype), sigma, sigma_next)
 
 
 def distillation_target(teacher, x: torch.Tensor, sigma, sigma_mid, sigma_next) -> torch.Tensor:
@@ -83,8 +84,7 @@ class DistillationLoss:
         self.grid = dict(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
 
     def __call__(self, model, batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        student = getattr(model, "module", model)  # under DistributedDataParallel
-        student = getattr(student, "_orig_mod", student)  # ... or torch.compile
+        student = unwrap(model)  # under DistributedDataParallel or torch.compile
         sigma_data = getattr(student, "sigma_data", None)
         if sigma_data is None:
             raise TypeError(f"the student must be an EDMDenoiser, got {type(student).__name__}")
@@ -97,7 +97,7 @@ class DistillationLoss:
         teacher = conditioned(self.teacher, y, self.guidance_scale)
         target = distillation_target(teacher, x, sigma, sigma_mid, sigma_next)
         D = model(x, sigma, *((y,) if y is not None else ()))
-        weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # 1 / c_out^2
+        weight = EDMLoss(weighting="edm").weight(sigma, sigma_data)  # 1 / c_out^2
         return (weight * ((D.float() - target.float()) ** 2).flatten(1).mean(1)).mean()
 
     def __repr__(self) -> str:  # recorded by checkpoints: a resumed run must have the same teacher
@@ -126,7 +126,7 @@ def distilled_sample(denoiser, noise: torch.Tensor, *, num_steps: int, sigma_min
         count_call()
         s = torch.full((len(x),), sigma, device=x.device, dtype=torch.float32)
         x0_hat = net(x, s).to(x.dtype)
-        x = x0_hat + (sigma_next / sigma) * (x - x0_hat)  # eq. (1)
+        x = euler_update(x, x0_hat, sigma, sigma_next)  # eq. (1)
         if callback is not None:
             callback(sigma, x, x0_hat)
     return x

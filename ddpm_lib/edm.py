@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .checkpoint import model_class, model_record
+from .checkpoint import as_model, model_record
 from .diffusion import drop_labels
+from .distributed import unwrap
 from .sampling import conditioned, count_call
 from .schedule import cosine_schedule
 
@@ -82,10 +83,7 @@ class EDMDenoiser(nn.Module):
 
     def __init__(self, net, sigma_data: float = 0.5, parametrization: str = "edm"):
         super().__init__()
-        if isinstance(net, dict):  # rebuilding from a file: {"model_class": ..., "model_config": ...}
-            net = model_class(net["model_class"])(**net["model_config"])
-        if not isinstance(net, nn.Module):
-            raise TypeError(f"net must be a network (an nn.Module), got {type(net).__name__}")
+        net = as_model(net)  # or rebuilt from a file's record
         if not (isinstance(sigma_data, (int, float)) and sigma_data > 0):
             raise ValueError(f"sigma_data must be a positive number, got {sigma_data!r}")
         coefficients(torch.ones(1), sigma_data, parametrization)  # checks the name
@@ -163,8 +161,7 @@ class EDMLoss:
         return sigma**-2 if self.weighting == "eps" else torch.ones_like(sigma)
 
     def __call__(self, model, batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        denoiser = getattr(model, "module", model)  # the wrapped denoiser under DistributedDataParallel
-        denoiser = getattr(denoiser, "_orig_mod", denoiser)  # ... or torch.compile
+        denoiser = unwrap(model)  # under DistributedDataParallel or torch.compile
         if not isinstance(denoiser, EDMDenoiser):
             raise TypeError(f"EDMLoss trains an EDMDenoiser, got {type(denoiser).__name__}: wrap the "
                             "network, dl.EDMDenoiser(net, sigma_data=...)")
@@ -181,16 +178,21 @@ class EDMLoss:
         return (self.weight(sigma, denoiser.sigma_data) * per_image).mean()
 
 
-def sigma_grid(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0,
-               rho: float = 7.0) -> list[float]:
-    """sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho for
-    i = 0..N-1, then 0 (eq. 5): uniform in sigma^(1/rho), so rho > 1 packs the steps at small sigma."""
+def check_grid(num_steps, sigma_min: float, sigma_max: float, rho: float) -> None:
+    """A clear error unless these settings make a sigma grid (here and in :mod:`ddpm_lib.distill`)."""
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if not rho > 0:
         raise ValueError(f"rho must be positive, got {rho}")
+
+
+def sigma_grid(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0,
+               rho: float = 7.0) -> list[float]:
+    """sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho for
+    i = 0..N-1, then 0 (eq. 5): uniform in sigma^(1/rho), so rho > 1 packs the steps at small sigma."""
+    check_grid(num_steps, sigma_min, sigma_max, rho)
     if num_steps == 1:
         return [float(sigma_max), 0.0]
     a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import model_class, model_record
+from .checkpoint import as_model, model_record
+from .distributed import unwrap
+from .loop import prepare_images
 
 PAD = 2  # 28 + 2 * PAD = 32, which halves twice to 8
 
@@ -35,15 +37,6 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
-
-
-def built(module) -> nn.Module:
-    """``module`` itself, or the model that a :func:`model_record` ``module`` describes."""
-    if isinstance(module, dict):  # rebuilding from a file
-        module = model_class(module["model_class"])(**module["model_config"])
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"expected a network (an nn.Module), got {type(module).__name__}")
-    return module
 
 
 class Autoencoder(nn.Module):
@@ -119,8 +112,7 @@ class AutoencoderLoss:
             raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
 
     def __call__(self, model, batch, generator: torch.Generator | None = None) -> dict:
-        ae = getattr(model, "module", model)  # under DistributedDataParallel
-        ae = getattr(ae, "_orig_mod", ae)  # ... or torch.compile
+        ae = unwrap(model)  # under DistributedDataParallel or torch.compile
         if not isinstance(ae, Autoencoder):
             raise TypeError(f"AutoencoderLoss trains an Autoencoder, got {type(ae).__name__}")
         n = batch.randn(*ae.latent_shape, generator=generator)  # [B, 4, 8, 8]
@@ -135,8 +127,6 @@ class AutoencoderLoss:
 def encode_images(autoencoder: Autoencoder, images: torch.Tensor, *, batch_size: int = 500) -> torch.Tensor:
     """The posterior means of ``images`` (uint8 [N, 28, 28] or float [N, C, 28, 28] in [-1, 1]),
     in batches: the unscaled latents [N, 4, 8, 8]."""
-    from .loop import prepare_images
-
     x = prepare_images(images, autoencoder.in_channels)
     device = next(autoencoder.parameters()).device
     return torch.cat([autoencoder.encode(part.to(device))[0].cpu() for part in x.split(batch_size)])
@@ -161,7 +151,7 @@ class LatentDiffusion(nn.Module):
 
     def __init__(self, autoencoder, denoiser, scale: float):
         super().__init__()
-        self.autoencoder, self.denoiser = built(autoencoder), built(denoiser)
+        self.autoencoder, self.denoiser = as_model(autoencoder, "autoencoder"), as_model(denoiser, "denoiser")
         if not isinstance(self.autoencoder, Autoencoder):
             raise TypeError(f"autoencoder must be a ddpm_lib Autoencoder, got {type(self.autoencoder).__name__}")
         channels = getattr(self.denoiser, "in_channels", None)

@@ -88,18 +88,10 @@ def peer_trainer(images: torch.Tensor, steps: int, seed: int = 0):
     return model, ema, step
 
 
-def seconds_per_step(step, probe: int = 20) -> float:
-    """One step's time here: ``probe`` steps timed after two untimed ones."""
-    step(), step()
-    start = time.perf_counter()
-    for _ in range(probe):
-        step()
-    return (time.perf_counter() - start) / probe
-
-
 def train_peer(images: torch.Tensor, minutes: float) -> tuple[torch.nn.Module, dict]:
     _, _, probe = peer_trainer(images, steps=10_000)  # a throw-away copy, for the speed
-    steps = int(minutes * 60 / seconds_per_step(probe))
+    seconds = book.estimate_run(lambda k: [probe() for _ in range(k)], 1, probe_steps=20)
+    steps = int(minutes * 60 / seconds)
     model, ema, step = peer_trainer(images, steps)
     start = time.perf_counter()
     losses = [step() for _ in range(steps)]
