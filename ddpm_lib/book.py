@@ -19,7 +19,7 @@ from torch import nn
 
 from .checkpoint import load_model
 from .data import held_out_split, load_mnist, to_model_range
-from .hub import pretrained
+from .hub import load_weights, pretrained
 from .protocol import (NOISE_SEEDS, Drawn, comparison_table, conditional_scores, draw_digits,  # noqa: F401
                        edit_scores, in_batches, network_calls, noise, scorer, timed)
 from .utils import device_name, pick_device, seed_everything
@@ -138,16 +138,18 @@ def report_training(result, *, batch_size: int, device, verb: str = "trained") -
 
 
 def load_trained(name: str, *, device=None) -> tuple[nn.Module, str]:
-    """The model ``name`` in eval mode: the reader's own checkpoint when a chapter saved one, else the
-    published weights (:func:`ddpm_lib.pretrained`). Returns ``(model, source)`` and prints the source.
+    """The model ``name`` in eval mode: the reader's own checkpoint when a chapter saved one (or the
+    weights its :func:`save_for_publishing` wrote), else the published weights (:func:`ddpm_lib.pretrained`). Returns ``(model, source)`` and prints the source.
 
     The model comes channels-last, the layout :func:`ddpm_lib.train` trains in: CPU convolutions
     run faster in it, and it changes outputs only by rounding (chapter 8 measures by how much).
     Never a stand-in: with neither, the error of :func:`ddpm_lib.pretrained` says what is missing.
     """
-    path = checkpoint_path(name)
+    path, weights = checkpoint_path(name), checkpoint_path(name).with_suffix(".safetensors")
     if path.exists():
         model, source = load_model(path, device=device), f"your checkpoint {path}"
+    elif weights.exists():  # what a chapter's save_for_publishing wrote
+        model, source = load_weights(weights, device=device), f"your weights {weights}"
     else:
         model, source = pretrained(name, device=device), f"the published weights '{name}'"
     model = model.to(memory_format=torch.channels_last)
@@ -166,7 +168,7 @@ def save_for_publishing(name: str, model: nn.Module, draw, *, n: int = 1000) -> 
     whole 95% interval of that difference lies within one standard error of the float32 FD: the
     rounding then moves the FD by less than the measurement itself can resolve.
     """
-    from .hub import load_weights, save_weights
+    from .hub import save_weights
 
     device = next(model.parameters()).device
     path = checkpoint_dir() / (f"{name}_smoke.safetensors" if smoke_mode() else f"{name}.safetensors")

@@ -17,7 +17,9 @@ step of eq. (1) its denoised estimate must be
 
     D~ = (x'' - r x) / (1 - r),  r = sigma'' / sigma,                                        (2)
 
-so at sigma'' = 0 (r = 0) the target is the teacher's sample itself.
+so at sigma'' = 0 (r = 0) the target is the teacher's sample itself. Nothing in (2) asks how the
+teacher took its two steps: the first round may distil Heun's method (EDM, Algorithm 1: two
+evaluations a step, second order), and its student still samples with Euler's one.
 """
 
 from __future__ import annotations
@@ -45,16 +47,45 @@ def euler_update(x: torch.Tensor, D: torch.Tensor, sigma, sigma_next) -> torch.T
     return D + r.view(-1, *([1] * (x.ndim - 1))) * (x - D)  # r: [B, 1, 1, 1] or [1, 1, 1, 1]
 
 
-def euler_step(net, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-    """Eq. (1) with per-image noise levels ``sigma``, ``sigma_next`` [B]; ``net(x, sigma) -> D``."""
-    return euler_update(x, net(x, sigma).to(x.dtype), sigma, sigma_next)
+def euler_step(net, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple:
+    """Eq. (1) with per-image noise levels ``sigma``, ``sigma_next`` [B]; ``net(x, sigma) -> D``.
+    Returns (x at sigma_next, D at the start)."""
+    D = net(x, sigma).to(x.dtype)
+    return euler_update(x, D, sigma, sigma_next), D
 
 
-def distillation_target(teacher, x: torch.Tensor, sigma, sigma_mid, sigma_next) -> torch.Tensor:
-    """The student's denoised target D~ at ``x`` (eq. 2): two teacher steps, sigma -> sigma_mid ->
-    sigma_next, each a tensor [B]; ``teacher(x, sigma) -> D``."""
+def heun_step(net, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple:
+    """Heun's method (EDM, Algorithm 1): the Euler step, then the mean of the slopes
+    dx/dsigma = (x - D) / sigma at both ends. Images whose step ends at sigma = 0 keep the Euler
+    step (the slope there is undefined). Returns (x at sigma_next, D at the start)."""
+    x_euler, D = euler_step(net, x, sigma, sigma_next)
+    end = sigma_next > 0  # [B]
+    if not bool(end.any()):
+        return x_euler, D
+    s_next = torch.where(end, sigma_next, sigma)  # never evaluate the network at sigma = 0
+    view = (-1, *([1] * (x.ndim - 1)))
+    d = (x - D) / sigma.view(view)  # [B, C, H, W]
+    d_next = (x_euler - net(x_euler, s_next).to(x.dtype)) / s_next.view(view)
+    x_heun = x + (sigma_next - sigma).view(view) * (d + d_next) / 2
+    return torch.where(end.view(view), x_heun, x_euler), D
+
+
+SOLVERS = {"euler": euler_step, "heun": heun_step}
+
+
+def solver_step(solver: str):
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; the solvers are {', '.join(SOLVERS)}")
+    return SOLVERS[solver]
+
+
+def distillation_target(teacher, x: torch.Tensor, sigma, sigma_mid, sigma_next, *,
+                        solver: str = "euler") -> torch.Tensor:
+    """The student's denoised target D~ at ``x`` (eq. 2): two teacher steps of ``solver``,
+    sigma -> sigma_mid -> sigma_next, each a tensor [B]; ``teacher(x, sigma) -> D``."""
+    step = solver_step(solver)
     with torch.no_grad():
-        x_next = euler_step(teacher, euler_step(teacher, x, sigma, sigma_mid), sigma_mid, sigma_next)
+        x_next = step(teacher, step(teacher, x, sigma, sigma_mid)[0], sigma_mid, sigma_next)[0]
     r = (sigma_next / sigma).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
     return (x_next - r * x) / (1 - r)
 
@@ -69,11 +100,14 @@ class DistillationLoss:
     eq. (2) with EDM's weighting 1 / c_out^2 (:class:`~ddpm_lib.EDMLoss`), which keeps the error of
     every step of unit size. ``guidance_scale`` distils a guided conditional teacher: the student
     gets the labels and learns the guided D at that scale, so it samples with labels and no
-    guidance.
+    guidance. ``teacher_solver="heun"`` has the teacher take Heun steps (first round only: a
+    student of Heun's steps still samples with Euler's).
     """
 
     def __init__(self, teacher: nn.Module, student_steps: int, *, sigma_min: float = 0.002,
-                 sigma_max: float = 80.0, rho: float = 7.0, guidance_scale: float | None = None):
+                 sigma_max: float = 80.0, rho: float = 7.0, guidance_scale: float | None = None,
+                 teacher_solver: str = "euler"):
+        solver_step(teacher_solver)  # a clear error for an unknown name
         if not isinstance(teacher, nn.Module):
             raise TypeError(f"teacher must be a denoiser (an nn.Module), got {type(teacher).__name__}")
         if not isinstance(student_steps, int) or isinstance(student_steps, bool) or student_steps < 1:
@@ -81,6 +115,7 @@ class DistillationLoss:
         self.sigmas = step_grid(2 * student_steps, sigma_min, sigma_max, rho)  # the teacher's grid
         self.teacher = teacher.eval().requires_grad_(False)
         self.student_steps, self.guidance_scale = student_steps, guidance_scale
+        self.teacher_solver = teacher_solver
         self.grid = dict(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
 
     def __call__(self, model, batch, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -95,7 +130,8 @@ class DistillationLoss:
         x = x0 + sigma.view(-1, 1, 1, 1) * batch.randn(generator=generator)
         y = batch.labels if getattr(student, "num_classes", None) is not None else None
         teacher = conditioned(self.teacher, y, self.guidance_scale)
-        target = distillation_target(teacher, x, sigma, sigma_mid, sigma_next)
+        target = distillation_target(teacher, x, sigma, sigma_mid, sigma_next,
+                                     solver=self.teacher_solver)
         D = model(x, sigma, *((y,) if y is not None else ()))
         weight = EDMLoss(weighting="edm").weight(sigma, sigma_data)  # 1 / c_out^2
         return (weight * ((D.float() - target.float()) ** 2).flatten(1).mean(1)).mean()
@@ -105,6 +141,7 @@ class DistillationLoss:
         for tensor in self.teacher.state_dict().values():
             digest.update(tensor.detach().cpu().float().numpy().tobytes())
         options = f", guidance_scale={self.guidance_scale}" if self.guidance_scale is not None else ""
+        options += f", teacher_solver={self.teacher_solver!r}" if self.teacher_solver != "euler" else ""
         return (f"DistillationLoss(student_steps={self.student_steps}, {self.grid}, "
                 f"teacher_sha256={digest.hexdigest()[:12]!r}{options})")
 
@@ -112,21 +149,26 @@ class DistillationLoss:
 @torch.no_grad()
 def distilled_sample(denoiser, noise: torch.Tensor, *, num_steps: int, sigma_min: float = 0.002,
                      sigma_max: float = 80.0, rho: float = 7.0, y: torch.Tensor | None = None,
-                     guidance_scale: float | None = None, callback=None) -> torch.Tensor:
-    """``num_steps`` steps of eq. (1) on the nested grid from ``sigma_max * noise``: one network
-    evaluation a step. Draws with a distilled student, or with its teacher at twice the steps.
-    ``callback(sigma, x_next, x0_hat)`` after every step."""
+                     guidance_scale: float | None = None, solver: str = "euler",
+                     callback=None) -> torch.Tensor:
+    """``num_steps`` steps of ``solver`` on the nested grid from ``sigma_max * noise``: Euler's
+    eq. (1) takes one network evaluation a step (a distilled student, or its teacher at twice the
+    steps), Heun's two (one for the last step). ``callback(sigma, x_next, x0_hat)`` after every step."""
     if not isinstance(noise, torch.Tensor) or not noise.dtype.is_floating_point or noise.ndim != 4:
         got = f"{noise.dtype} {list(noise.shape)}" if isinstance(noise, torch.Tensor) else type(noise).__name__
         raise ValueError(f"noise must be a float tensor of standard normal images [B, C, H, W], got {got}")
-    sigmas = step_grid(num_steps, sigma_min, sigma_max, rho)
+    step, sigmas = solver_step(solver), step_grid(num_steps, sigma_min, sigma_max, rho)
     net = conditioned(denoiser, y, guidance_scale)
+
+    def D(x, sigma):  # counted: one network evaluation
+        count_call()
+        return net(x, sigma)
+
     x = sigma_max * noise
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-        count_call()
-        s = torch.full((len(x),), sigma, device=x.device, dtype=torch.float32)
-        x0_hat = net(x, s).to(x.dtype)
-        x = euler_update(x, x0_hat, sigma, sigma_next)  # eq. (1)
+        s, s_next = (torch.full((len(x),), v, device=x.device, dtype=torch.float32)
+                     for v in (sigma, sigma_next))  # [B] each
+        x, x0_hat = step(D, x, s, s_next)
         if callback is not None:
             callback(sigma, x, x0_hat)
     return x

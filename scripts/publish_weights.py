@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"mnist-vae": "01_vae", "mnist-gan": "02_gan", "mnist-ddpm": "06_training",
           "mnist-ddpm-cond": "10_guidance", "mnist-flow": "11_flow_matching",
           "mnist-edm": "13_edm", "mnist-autoencoder": "14_latent_diffusion",
-          "mnist-ldm": "14_latent_diffusion"}
+          "mnist-ldm": "14_latent_diffusion", "mnist-ldm-4step": "15_distillation",
+          "mnist-ldm-1step": "15_distillation"}
 
 
 def publish(name: str, path, *, chapter: str, registry=files.REGISTRY, folder=files.CHECKOUT_WEIGHTS) -> dict:

@@ -94,7 +94,12 @@ def test_load_trained_prefers_the_readers_checkpoint_then_the_published_weights(
     assert source == "the published weights 'vae'" and not model.training
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), published.state_dict().values()))
 
-    own = VAE(latent_dim=3, width=4)
+    written = VAE(latent_dim=4, width=4)  # the reader's weights, as save_for_publishing writes them
+    hub.save_weights(tmp_path / "drive" / "vae.safetensors", written, dtype=torch.float32)
+    model, source = book.load_trained("vae", device="cpu")
+    assert source == f"your weights {tmp_path / 'drive' / 'vae.safetensors'}" and model.config == written.config
+
+    own = VAE(latent_dim=3, width=4)  # a checkpoint comes first
     dl.save_model(tmp_path / "drive" / "vae.pt", own)
     assert book.checkpoint_path("vae") == tmp_path / "drive" / "vae.pt"
     model, source = book.load_trained("vae", device="cpu")
