@@ -19,7 +19,8 @@ step of eq. (1) its denoised estimate must be
 
 so at sigma'' = 0 (r = 0) the target is the teacher's sample itself. Nothing in (2) asks how the
 teacher took its two steps: the first round may distil Heun's method (EDM, Algorithm 1: two
-evaluations a step, second order), and its student still samples with Euler's one.
+evaluations a step, second order), and its student still samples with Euler's one. For the
+teacher's own few-step rows the sampler also runs DPM-Solver++(2M), eq. (1) with an extrapolated D.
 """
 
 from __future__ import annotations
@@ -70,13 +71,36 @@ def heun_step(net, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tenso
     return torch.where(end.view(view), x_heun, x_euler), D
 
 
-SOLVERS = {"euler": euler_step, "heun": heun_step}
+class MultistepStep:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in these units: eq. (1) with D replaced by
+    D + (D - D_prev) / (2 r), r = h_prev / h, h = ln(sigma / sigma_next), an extrapolation from the
+    previous step's D at no extra evaluation (second order). The first step, and a step that ends
+    at sigma = 0 (h infinite), are eq. (1). One instance follows one trajectory: it keeps D_prev."""
+
+    def __init__(self):
+        self.previous = None  # (D, h) of the last step
+
+    def __call__(self, net, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple:
+        D = net(x, sigma).to(x.dtype)
+        view = (-1, *([1] * (x.ndim - 1)))
+        end = sigma_next > 0  # [B]
+        h = torch.log(sigma / torch.where(end, sigma_next, sigma))  # [B]; unused where it ends at 0
+        D_eff = D
+        if self.previous is not None:
+            D_prev, h_prev = self.previous
+            D_eff = torch.where(end.view(view), D + (h / (2 * h_prev)).view(view) * (D - D_prev), D)
+        self.previous = (D, h)
+        return euler_update(x, D_eff, sigma, sigma_next), D
+
+
+SOLVERS = {"euler": lambda: euler_step, "heun": lambda: heun_step, "dpm++2m": MultistepStep}
 
 
 def solver_step(solver: str):
+    """A fresh step function of ``solver`` for one trajectory: ``step(net, x, sigma, sigma_next)``."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; the solvers are {', '.join(SOLVERS)}")
-    return SOLVERS[solver]
+    return SOLVERS[solver]()
 
 
 def distillation_target(teacher, x: torch.Tensor, sigma, sigma_mid, sigma_next, *,
@@ -153,7 +177,8 @@ def distilled_sample(denoiser, noise: torch.Tensor, *, num_steps: int, sigma_min
                      callback=None) -> torch.Tensor:
     """``num_steps`` steps of ``solver`` on the nested grid from ``sigma_max * noise``: Euler's
     eq. (1) takes one network evaluation a step (a distilled student, or its teacher at twice the
-    steps), Heun's two (one for the last step). ``callback(sigma, x_next, x0_hat)`` after every step."""
+    steps), as does ``"dpm++2m"`` (:class:`MultistepStep`); Heun's two (one for the last step).
+    ``callback(sigma, x_next, x0_hat)`` after every step."""
     if not isinstance(noise, torch.Tensor) or not noise.dtype.is_floating_point or noise.ndim != 4:
         got = f"{noise.dtype} {list(noise.shape)}" if isinstance(noise, torch.Tensor) else type(noise).__name__
         raise ValueError(f"noise must be a float tensor of standard normal images [B, C, H, W], got {got}")

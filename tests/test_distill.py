@@ -71,7 +71,29 @@ def test_one_round_of_halving_reproduces_two_teacher_steps():
             dl.distilled_sample(IdealStudent(teacher, n, "heun"), noise, num_steps=n), heun)
 
 
-def test_heun_converges_at_second_order_and_steps_image_by_image():
+def test_dpm_solver_2m_extrapolates_d_at_one_evaluation_a_step():
+    # DPM-Solver++(2M): eq. (1) with D + (D - D_prev) / (2 r), r = h_prev / h, h = ln(s / s'). The
+    # first step has no D_prev and the last ends at 0, so with 1 or 2 steps it is exactly Euler.
+    teacher = dl.GaussianEDMDenoiser(MU, S).double()
+    noise = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for n in (1, 2):
+        torch.testing.assert_close(dl.distilled_sample(teacher, noise, num_steps=n, solver="dpm++2m"),
+                                   dl.distilled_sample(teacher, noise, num_steps=n))
+    with dl.count_nfe() as counter:
+        three = dl.distilled_sample(teacher, noise, num_steps=3, solver="dpm++2m")
+    assert counter.nfe == 3
+    s0, s1, s2, _ = step_grid(3)  # by hand: Euler, then one extrapolated step, then D
+    full = lambda v: torch.full((8,), v, dtype=torch.float64)  # noqa: E731
+    D0 = teacher(80 * noise, full(s0))
+    x1 = D0 + s1 / s0 * (80 * noise - D0)
+    D1 = teacher(x1, full(s1))
+    r = math.log(s0 / s1) / math.log(s1 / s2)
+    D_eff = D1 + (D1 - D0) / (2 * r)
+    x2 = D_eff + s2 / s1 * (x1 - D_eff)
+    torch.testing.assert_close(three, teacher(x2, full(s2)))
+
+
+def test_heun_and_dpm_solver_converge_at_second_order_and_heun_steps_image_by_image():
     # The exact ODE keeps (x - MU) / sqrt(S^2 + s^2) constant, so from sigma_max n it ends at
     # MU + S / sqrt(S^2 + 80^2) (80 n - MU) (every step but the last, which ends at sigma = 0 where
     # the slope is undefined, is Heun's; the last Euler step lands on D, exact for this teacher).
@@ -80,9 +102,10 @@ def test_heun_converges_at_second_order_and_steps_image_by_image():
     noise = torch.randn(64, 1, 1, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     exact = MU + S / math.sqrt(S**2 + 80.0**2) * (80 * noise - MU)
     errors = {solver: [(dl.distilled_sample(teacher, noise, num_steps=n, solver=solver) - exact).abs().max()
-                       for n in (16, 64)] for solver in ("euler", "heun")}
-    assert errors["heun"][1] / errors["heun"][0] < 0.1 < errors["euler"][1] / errors["euler"][0]
-    assert errors["heun"][1] < errors["euler"][1] / 10
+                       for n in (16, 64)] for solver in ("euler", "heun", "dpm++2m")}
+    for second_order in ("heun", "dpm++2m"):
+        assert errors[second_order][1] / errors[second_order][0] < 0.1 < errors["euler"][1] / errors["euler"][0]
+        assert errors[second_order][1] < errors["euler"][1] / 10
     # one batch whose images take different steps (as in training) == each image on its own
     x = 3 * torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     sigma, sigma_next = torch.tensor([2.0, 0.5, 10.0]), torch.tensor([1.0, 0.0, 3.0])
