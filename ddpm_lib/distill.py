@@ -21,6 +21,7 @@ so at sigma'' = 0 (r = 0) the target is the teacher's sample itself. Nothing in 
 teacher took its two steps: the first round may distil Heun's method (EDM, Algorithm 1: two
 evaluations a step, second order), and its student still samples with Euler's one. For the
 teacher's own few-step rows the sampler also runs DPM-Solver++(2M), eq. (1) with an extrapolated D.
+The steps themselves live in :mod:`ddpm_lib.steps`, shared with :func:`ddpm_lib.edm_sample`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import nn
 from .distributed import unwrap
 from .edm import EDMLoss, check_grid
 from .sampling import conditioned, count_call
+from .steps import sigma_levels, solver_step
 
 
 def step_grid(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> list[float]:
@@ -40,67 +42,6 @@ def step_grid(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
     check_grid(num_steps, sigma_min, sigma_max, rho)
     a, b = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return [(a + k / num_steps * (b - a)) ** rho for k in range(num_steps, 0, -1)] + [0.0]
-
-
-def euler_update(x: torch.Tensor, D: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
-    """Eq. (1) from ``x`` and its denoised estimate ``D``; the noise levels are numbers or tensors [B]."""
-    r = torch.as_tensor(sigma_next / sigma, dtype=x.dtype, device=x.device)
-    return D + r.view(-1, *([1] * (x.ndim - 1))) * (x - D)  # r: [B, 1, 1, 1] or [1, 1, 1, 1]
-
-
-def euler_step(net, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple:
-    """Eq. (1) with per-image noise levels ``sigma``, ``sigma_next`` [B]; ``net(x, sigma) -> D``.
-    Returns (x at sigma_next, D at the start)."""
-    D = net(x, sigma).to(x.dtype)
-    return euler_update(x, D, sigma, sigma_next), D
-
-
-def heun_step(net, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple:
-    """Heun's method (EDM, Algorithm 1): the Euler step, then the mean of the slopes
-    dx/dsigma = (x - D) / sigma at both ends. Images whose step ends at sigma = 0 keep the Euler
-    step (the slope there is undefined). Returns (x at sigma_next, D at the start)."""
-    x_euler, D = euler_step(net, x, sigma, sigma_next)
-    end = sigma_next > 0  # [B]
-    if not bool(end.any()):
-        return x_euler, D
-    s_next = torch.where(end, sigma_next, sigma)  # never evaluate the network at sigma = 0
-    view = (-1, *([1] * (x.ndim - 1)))
-    d = (x - D) / sigma.view(view)  # [B, C, H, W]
-    d_next = (x_euler - net(x_euler, s_next).to(x.dtype)) / s_next.view(view)
-    x_heun = x + (sigma_next - sigma).view(view) * (d + d_next) / 2
-    return torch.where(end.view(view), x_heun, x_euler), D
-
-
-class MultistepStep:
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in these units: eq. (1) with D replaced by
-    D + (D - D_prev) / (2 r), r = h_prev / h, h = ln(sigma / sigma_next), an extrapolation from the
-    previous step's D at no extra evaluation (second order). The first step, and a step that ends
-    at sigma = 0 (h infinite), are eq. (1). One instance follows one trajectory: it keeps D_prev."""
-
-    def __init__(self):
-        self.previous = None  # (D, h) of the last step
-
-    def __call__(self, net, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple:
-        D = net(x, sigma).to(x.dtype)
-        view = (-1, *([1] * (x.ndim - 1)))
-        end = sigma_next > 0  # [B]
-        h = torch.log(sigma / torch.where(end, sigma_next, sigma))  # [B]; unused where it ends at 0
-        D_eff = D
-        if self.previous is not None:
-            D_prev, h_prev = self.previous
-            D_eff = torch.where(end.view(view), D + (h / (2 * h_prev)).view(view) * (D - D_prev), D)
-        self.previous = (D, h)
-        return euler_update(x, D_eff, sigma, sigma_next), D
-
-
-SOLVERS = {"euler": lambda: euler_step, "heun": lambda: heun_step, "dpm++2m": MultistepStep}
-
-
-def solver_step(solver: str):
-    """A fresh step function of ``solver`` for one trajectory: ``step(net, x, sigma, sigma_next)``."""
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; the solvers are {', '.join(SOLVERS)}")
-    return SOLVERS[solver]()
 
 
 def distillation_target(teacher, x: torch.Tensor, sigma, sigma_mid, sigma_next, *,
@@ -191,8 +132,7 @@ def distilled_sample(denoiser, noise: torch.Tensor, *, num_steps: int, sigma_min
 
     x = sigma_max * noise
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-        s, s_next = (torch.full((len(x),), v, device=x.device, dtype=torch.float32)
-                     for v in (sigma, sigma_next))  # [B] each
+        s, s_next = sigma_levels(x, sigma, sigma_next)  # [B] each
         x, x0_hat = step(D, x, s, s_next)
         if callback is not None:
             callback(sigma, x, x0_hat)

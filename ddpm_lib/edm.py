@@ -29,6 +29,7 @@ from .diffusion import drop_labels
 from .distributed import unwrap
 from .sampling import conditioned, count_call
 from .schedule import cosine_schedule
+from .steps import heun_step, sigma_levels
 
 # c_noise = ln(sigma) / 4 spans about [-1.6, 1.1] over the sampler's sigmas; the book's U-Nets embed
 # a time in 0..999, so their time input is TIME_SCALE * c_noise, a span of the same size.
@@ -225,9 +226,9 @@ def edm_sample(denoiser, noise: torch.Tensor, *, num_steps: int = 18, sigma_min:
     gamma = min(churn / num_steps, math.sqrt(2) - 1)
     net = conditioned(denoiser, y, guidance_scale)
 
-    def D(x, sigma):
+    def D(x, sigma):  # sigma [B]; counted: one network evaluation
         count_call()
-        out = net(x, torch.full((len(x),), sigma, device=x.device, dtype=torch.float32))
+        out = net(x, sigma)
         if out.shape != x.shape:
             raise ValueError(f"the denoiser returned shape {list(out.shape)} for x of shape {list(x.shape)}")
         return out.to(x.dtype)
@@ -238,13 +239,8 @@ def edm_sample(denoiser, noise: torch.Tensor, *, num_steps: int = 18, sigma_min:
         if gamma > 0:  # Algorithm 2, lines 5-6: raise the noise level to sigma_hat
             fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + math.sqrt(sigma_hat**2 - sigma**2) * fresh
-        x0_hat = D(x, sigma_hat)
-        d = (x - x0_hat) / sigma_hat  # dx / dsigma, eq. 3
-        x_next = x + (sigma_next - sigma_hat) * d  # Euler
-        if sigma_next > 0:  # Heun's correction with the slope at the end of the step
-            d_next = (x_next - D(x_next, sigma_next)) / sigma_next
-            x_next = x + (sigma_next - sigma_hat) * (d + d_next) / 2
-        x = x_next
+        # lines 7-11: Heun's step from sigma_hat (Euler where sigma_next = 0), ddpm_lib.steps
+        x, x0_hat = heun_step(D, x, *sigma_levels(x, sigma_hat, sigma_next))
         if callback is not None:
             callback(sigma_hat, x, x0_hat)
     return x

@@ -12,7 +12,7 @@ from ddpm_lib import book
 from ddpm_lib.vae import VAE
 
 PACKAGE = Path(dl.__file__).parent
-CORE = ["schedule", "diffusion", "sampling", "ode", "timesteps", "editing", "flow", "edm", "latent", "distill", "evidence", "analytic", "embedding",
+CORE = ["schedule", "diffusion", "sampling", "ode", "timesteps", "editing", "flow", "edm", "steps", "latent", "distill", "evidence", "analytic", "embedding",
         "blocks", "unet", "train", "loop", "ema", "precision", "distributed", "checkpoint", "hub", "data", "metrics",
         "vae", "gan", "plotting", "utils", "files", "scoring"]
 

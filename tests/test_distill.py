@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import ddpm_lib as dl
-from ddpm_lib.distill import distillation_target, euler_step, heun_step, step_grid
+from ddpm_lib.distill import distillation_target, step_grid
+from ddpm_lib.steps import euler_step, heun_step
 from ddpm_lib.loop import Batch
 
 MU, S = 0.3, 0.5
