@@ -139,7 +139,8 @@ def report_training(result, *, batch_size: int, device, verb: str = "trained") -
 
 def load_trained(name: str, *, device=None) -> tuple[nn.Module, str]:
     """The model ``name`` in eval mode: the reader's own checkpoint when a chapter saved one (or the
-    weights its :func:`save_for_publishing` wrote), else the published weights (:func:`ddpm_lib.pretrained`). Returns ``(model, source)`` and prints the source.
+    weights its :func:`save_for_publishing` wrote), else the published weights
+    (:func:`ddpm_lib.pretrained`). Returns ``(model, source)`` and prints the source.
 
     The model comes channels-last, the layout :func:`ddpm_lib.train` trains in: CPU convolutions
     run faster in it, and it changes outputs only by rounding (chapter 8 measures by how much).

@@ -33,8 +33,8 @@ from torch import nn
 
 from .distributed import unwrap
 from .edm import EDMLoss, check_grid
-from .sampling import conditioned, count_call
-from .steps import sigma_levels, solver_step
+from .sampling import conditioned
+from .steps import check_noise, counted, sigma_levels, solver_step
 
 
 def step_grid(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> list[float]:
@@ -120,16 +120,9 @@ def distilled_sample(denoiser, noise: torch.Tensor, *, num_steps: int, sigma_min
     eq. (1) takes one network evaluation a step (a distilled student, or its teacher at twice the
     steps), as does ``"dpm++2m"`` (:class:`MultistepStep`); Heun's two (one for the last step).
     ``callback(sigma, x_next, x0_hat)`` after every step."""
-    if not isinstance(noise, torch.Tensor) or not noise.dtype.is_floating_point or noise.ndim != 4:
-        got = f"{noise.dtype} {list(noise.shape)}" if isinstance(noise, torch.Tensor) else type(noise).__name__
-        raise ValueError(f"noise must be a float tensor of standard normal images [B, C, H, W], got {got}")
+    check_noise(noise)
     step, sigmas = solver_step(solver), step_grid(num_steps, sigma_min, sigma_max, rho)
-    net = conditioned(denoiser, y, guidance_scale)
-
-    def D(x, sigma):  # counted: one network evaluation
-        count_call()
-        return net(x, sigma)
-
+    D = counted(conditioned(denoiser, y, guidance_scale))  # D(x, sigma [B])
     x = sigma_max * noise
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         s, s_next = sigma_levels(x, sigma, sigma_next)  # [B] each

@@ -27,9 +27,9 @@ from torch import nn
 from .checkpoint import as_model, model_record
 from .diffusion import drop_labels
 from .distributed import unwrap
-from .sampling import conditioned, count_call
+from .sampling import conditioned
 from .schedule import cosine_schedule
-from .steps import heun_step, sigma_levels
+from .steps import check_noise, counted, heun_step, sigma_levels
 
 # c_noise = ln(sigma) / 4 spans about [-1.6, 1.1] over the sampler's sigmas; the book's U-Nets embed
 # a time in 0..999, so their time input is TIME_SCALE * c_noise, a span of the same size.
@@ -217,22 +217,12 @@ def edm_sample(denoiser, noise: torch.Tensor, *, num_steps: int = 18, sigma_min:
     (the same combination: at one x and sigma, D is an affine function of eps).
     ``callback(sigma, x_next, x0_hat)`` after every step.
     """
-    if not isinstance(noise, torch.Tensor) or not noise.dtype.is_floating_point or noise.ndim != 4:
-        got = f"{noise.dtype} {list(noise.shape)}" if isinstance(noise, torch.Tensor) else type(noise).__name__
-        raise ValueError(f"noise must be a float tensor of standard normal images [B, C, H, W], got {got}")
+    check_noise(noise)
     if not churn >= 0:
         raise ValueError(f"churn must be >= 0, got {churn}")
     sigmas = sigma_grid(num_steps, sigma_min, sigma_max, rho)
     gamma = min(churn / num_steps, math.sqrt(2) - 1)
-    net = conditioned(denoiser, y, guidance_scale)
-
-    def D(x, sigma):  # sigma [B]; counted: one network evaluation
-        count_call()
-        out = net(x, sigma)
-        if out.shape != x.shape:
-            raise ValueError(f"the denoiser returned shape {list(out.shape)} for x of shape {list(x.shape)}")
-        return out.to(x.dtype)
-
+    D = counted(conditioned(denoiser, y, guidance_scale))  # D(x, sigma [B])
     x = sigma_max * noise
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         sigma_hat = sigma * (1 + gamma)

@@ -14,6 +14,27 @@ from __future__ import annotations
 
 import torch
 
+from .sampling import count_call
+
+
+def check_noise(noise) -> None:
+    """A clear error unless ``noise`` is a float tensor [B, C, H, W], a sampler's starting noise."""
+    if not isinstance(noise, torch.Tensor) or not noise.dtype.is_floating_point or noise.ndim != 4:
+        got = f"{noise.dtype} {list(noise.shape)}" if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise ValueError(f"noise must be a float tensor of standard normal images [B, C, H, W], got {got}")
+
+
+def counted(net):
+    """``net(x, sigma) -> D`` as the samplers call it: each call counted as one network evaluation
+    (:func:`ddpm_lib.count_nfe`), its output checked against x's shape and returned in x's dtype."""
+    def D(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        count_call()
+        out = net(x, sigma)
+        if out.shape != x.shape:
+            raise ValueError(f"the denoiser returned shape {list(out.shape)} for x of shape {list(x.shape)}")
+        return out.to(x.dtype)
+    return D
+
 
 def sigma_levels(x: torch.Tensor, *sigmas: float) -> tuple[torch.Tensor, ...]:
     """Each noise level as a tensor [B] for the images ``x`` [B, ...]: in float32, or in float64 for
